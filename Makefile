@@ -1,0 +1,22 @@
+# Every target sets up what it needs: a .venv made here, installed once, reused after
+# (re-installed when a requirements file changes).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Keep TensorFlow's CUDA/cuInit start-up chatter out of the output; 0 shows it again.
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: test lint
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(PY) -m pytest

@@ -1,0 +1,112 @@
+"""Tests of tfrnn.cells: exact numbers on tiny shapes, statefulness, serialisation."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from tfrnn.cells import CELL_KINDS, ConcatRNNCell, make_rnn
+
+
+def _random_sequence(batch=3, time=6, features=2, seed=0):
+    return np.random.default_rng(seed).normal(size=(batch, time, features)).astype("float32")
+
+
+@pytest.mark.parametrize("unroll", [False, True])
+def test_concat_cell_equals_simple_rnn_cell_with_stacked_kernel(unroll):
+    inputs = _random_sequence()
+    simple = make_rnn("simple", 4, return_sequences=True, unroll=unroll)
+    concat = make_rnn("concat", 4, return_sequences=True, unroll=unroll)
+    simple_out = simple(inputs)
+    concat(inputs)  # builds the weights
+    kernel, recurrent_kernel, bias = simple.cell.get_weights()
+    # Give the bias a non-zero value so that the test also checks how it is added.
+    bias = np.linspace(-0.5, 0.5, 4).astype("float32")
+    simple.cell.set_weights([kernel, recurrent_kernel, bias])
+    concat.cell.set_weights([np.concatenate([kernel, recurrent_kernel], axis=0), bias])
+    np.testing.assert_allclose(concat(inputs), simple(inputs), atol=1e-6)
+    assert not np.allclose(simple(inputs), simple_out)  # the bias did change something
+
+
+def test_concat_cell_hand_computed_two_steps():
+    # input_dim 1, 2 units, W = 0.5 everywhere, b = 0.1: each unit sees
+    # s1 = tanh(0.5*x1 + 0.1), s2 = tanh(0.5*x2 + 0.5*s1 + 0.5*s1 + 0.1).
+    layer = make_rnn(
+        "concat",
+        2,
+        return_sequences=True,
+        kernel_initializer=keras.initializers.Constant(0.5),
+        bias_initializer=keras.initializers.Constant(0.1),
+    )
+    outputs = np.asarray(layer(np.array([[[1.0], [2.0]]], dtype="float32")))
+    s1 = math.tanh(0.5 * 1.0 + 0.1)
+    s2 = math.tanh(0.5 * 2.0 + 2 * 0.5 * s1 + 0.1)
+    np.testing.assert_allclose(outputs[0], [[s1, s1], [s2, s2]], atol=1e-6)
+
+
+def test_concat_cell_initial_state_is_zeros_and_bias_starts_at_zero():
+    cell = ConcatRNNCell(3)
+    cell.build((None, 2))
+    np.testing.assert_array_equal(cell.bias.numpy(), np.zeros(3))
+    (state,) = cell.get_initial_state(batch_size=5)
+    assert state.shape == (5, 3)
+    np.testing.assert_array_equal(state, np.zeros((5, 3)))
+
+
+@pytest.mark.parametrize("kind", CELL_KINDS)
+def test_stateful_chunks_equal_whole_sequence_and_reset(kind):
+    inputs = _random_sequence(batch=2, time=6, features=3, seed=1)
+    whole = make_rnn(kind, 5, return_sequences=True)
+    expected = np.asarray(whole(inputs))
+
+    chunk_input = keras.Input(batch_shape=(2, 3, 3))
+    stateful = make_rnn(kind, 5, return_sequences=True, stateful=True)
+    model = keras.Model(chunk_input, stateful(chunk_input))
+    stateful.set_weights(whole.get_weights())
+    first = np.asarray(model(inputs[:, :3]))
+    second = np.asarray(model(inputs[:, 3:]))
+    np.testing.assert_allclose(np.concatenate([first, second], axis=1), expected, atol=1e-6)
+
+    stateful.reset_state()
+    for state in stateful.states:
+        np.testing.assert_array_equal(np.asarray(state), 0.0)
+    np.testing.assert_allclose(model(inputs[:, :3]), first, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", CELL_KINDS)
+def test_return_state_is_the_last_output(kind):
+    layer = make_rnn(kind, 4, return_sequences=True, return_state=True)
+    outputs, *states = layer(_random_sequence())
+    assert len(states) == (2 if kind == "lstm" else 1)
+    np.testing.assert_allclose(states[0], outputs[:, -1], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", CELL_KINDS)
+def test_save_and_load_keras_file_gives_same_outputs(kind, tmp_path):
+    inputs = keras.Input((5, 2))
+    hidden = make_rnn(kind, 4)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3)(hidden))
+    sequence = _random_sequence(batch=2, time=5, features=2)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(loaded(sequence), model(sequence), atol=1e-6)
+    if kind == "concat":
+        assert isinstance(loaded.layers[1].cell, ConcatRNNCell)
+
+
+@pytest.mark.parametrize(
+    "kind, units, argument",
+    [
+        ("gru", 4, "kind"),
+        ("", 4, "kind"),
+        ("lstm", 0, "units"),
+        ("concat", -2, "units"),
+        ("simple", 2.5, "units"),
+        ("concat", True, "units"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kind, units, argument):
+    with pytest.raises(ValueError, match=argument):
+        make_rnn(kind, units)

@@ -1,0 +1,154 @@
+"""Recurrent cells and the one factory that wraps them in `keras.layers.RNN`.
+
+Three kinds of cell, chosen by name:
+
+* ``simple``: Keras' ``SimpleRNNCell``, the TF1 ``BasicRNNCell``.
+* ``lstm``: Keras' ``LSTMCell``, the TF1 ``BasicLSTMCell`` (``unit_forget_bias`` is
+  the TF1 ``forget_bias=1``).
+* ``concat``: :class:`ConcatRNNCell`, the tutorials' hand-built loop
+  ``state = tanh([x ; state] . W + b)`` with a single matrix ``W``.
+
+Every kind is wrapped in ``keras.layers.RNN``, so the while-loop ("dynamic_rnn") and the
+unrolled ("static_rnn") styles, statefulness and ``return_state`` are the same for all.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+CELL_KINDS = ("simple", "lstm", "concat")
+
+
+@tf.function(reduce_retracing=True)
+def concat_rnn_step(inputs, state, kernel, bias):
+    """One step of the tutorials' cell: ``tanh([inputs ; state] . kernel + bias)``.
+
+    Args:
+      inputs: (batch, input_dim) float tensor, x_t.
+      state: (batch, units) float tensor, state_{t-1}.
+      kernel: (input_dim + units, units) float tensor, W.
+      bias: (units,) float tensor, b.
+
+    Returns:
+      (batch, units): the new state, which is also the step's output.
+    """
+    return tf.tanh(tf.matmul(tf.concat([inputs, state], axis=-1), kernel) + bias)
+
+
+def _check_units(units) -> int:
+    # bool is an int subclass; True units is a typo, not a width.
+    if isinstance(units, bool) or not isinstance(units, int) or units <= 0:
+        raise ValueError(f"units must be a positive integer, got {units!r}")
+    return units
+
+
+@keras.saving.register_keras_serializable(package="tfrnn")
+class ConcatRNNCell(keras.layers.Layer):
+    """The tutorials' hand-built tanh cell, with one kernel over ``[x_t ; state_{t-1}]``.
+
+    Mathematically a ``SimpleRNNCell`` whose kernel and recurrent kernel are stacked into
+    one matrix; kept as its own cell because that single ``W`` is what the tutorials
+    teach and what their checkpoints hold.
+
+    Shapes: inputs (batch, input_dim); state (batch, units); kernel
+    (input_dim + units, units); bias (units,); output = new state (batch, units).
+    """
+
+    def __init__(
+        self,
+        units: int,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.units = _check_units(units)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.state_size = self.units
+        self.output_size = self.units
+
+    def build(self, input_shape):
+        input_dim = input_shape[-1]
+        if input_dim is None:
+            raise ValueError("ConcatRNNCell needs a known input feature size (last axis).")
+        self.kernel = self.add_weight(
+            shape=(input_dim + self.units, self.units),
+            initializer=self.kernel_initializer,
+            name="kernel",
+        )
+        self.bias = self.add_weight(
+            shape=(self.units,), initializer=self.bias_initializer, name="bias"
+        )
+
+    def call(self, inputs, states, training=False):
+        # keras.layers.RNN hands states over as a list even for a single state tensor.
+        state = states[0] if isinstance(states, (list, tuple)) else states
+        new_state = concat_rnn_step(inputs, state, self.kernel, self.bias)
+        return new_state, [new_state]
+
+    def get_initial_state(self, batch_size=None):
+        return [tf.zeros((batch_size, self.units), dtype=self.compute_dtype)]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "units": self.units,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            }
+        )
+        return config
+
+
+def make_cell(kind: str, units: int, **cell_kwargs) -> keras.layers.Layer:
+    """Builds one cell of ``kind`` (one of :data:`CELL_KINDS`) with ``units`` units.
+
+    ``cell_kwargs`` go to the cell's constructor (initialisers, ``unit_forget_bias``...).
+    """
+    _check_units(units)
+    if kind == "simple":
+        return keras.layers.SimpleRNNCell(units, **cell_kwargs)
+    if kind == "lstm":
+        return keras.layers.LSTMCell(units, **cell_kwargs)
+    if kind == "concat":
+        return ConcatRNNCell(units, **cell_kwargs)
+    raise ValueError(f"kind must be one of {', '.join(CELL_KINDS)}; got {kind!r}")
+
+
+def make_rnn(
+    kind: str,
+    units: int,
+    *,
+    return_sequences: bool = False,
+    return_state: bool = False,
+    stateful: bool = False,
+    unroll: bool = False,
+    name: str | None = None,
+    **cell_kwargs,
+) -> keras.layers.RNN:
+    """A recurrent layer: ``keras.layers.RNN`` around a cell of ``kind``.
+
+    Args:
+      kind: ``simple``, ``lstm`` or ``concat``.
+      units: state width, a positive integer.
+      return_sequences: output (batch, time, units) instead of the last step's (batch, units).
+      return_state: also return the final state(s): ``[h]`` for simple/concat, ``[h, c]``
+        for lstm.
+      stateful: carry the final state of each call into the next (needs a static batch).
+      unroll: ``True`` builds the graph step by step like TF1 ``static_rnn`` (needs a
+        static time length); ``False`` runs a while loop like ``dynamic_rnn``.
+      name: the layer's name.
+      **cell_kwargs: passed to the cell.
+    """
+    cell = make_cell(kind, units, **cell_kwargs)
+    return keras.layers.RNN(
+        cell,
+        return_sequences=return_sequences,
+        return_state=return_state,
+        stateful=stateful,
+        unroll=unroll,
+        name=name,
+    )
