@@ -20,7 +20,6 @@ import tensorflow as tf
 CELL_KINDS = ("simple", "lstm", "concat")
 
 
-@tf.function(reduce_retracing=True)
 def concat_rnn_step(inputs, state, kernel, bias):
     """One step of the tutorials' cell: ``tanh([inputs ; state] . kernel + bias)``.
 
