@@ -1,0 +1,207 @@
+"""Truncated backpropagation through time, three ways to carry the state between windows.
+
+Every mode trains on the same batches: (batch, num_steps) windows of ``batch_size``
+streams, where row i of window k+1 continues row i of window k (see
+:mod:`tfrnn.data.echo`). Each training step is a plain function of
+``(model, optimizer, inputs, targets, carry)`` returning ``(loss, carry)``, so a
+``tf.distribute`` strategy can run it per replica; :func:`make_window_runner` loops it over
+many windows inside one compiled ``tf.function``.
+
+Modes (the values of ``mode`` everywhere):
+
+``stateful``: the state lives in the ``rnn`` layer (``stateful=True``, fixed batch). Each
+  call starts from the state the previous call left and stores its final state; reading a
+  variable is where the gradient stops, so every window is backpropagated only within
+  itself ("TF-style": the k-th output of a window is backpropagated k steps). ``carry`` is
+  empty; :func:`start_epoch` resets the layer to zeros. Cost: one forward and backward pass
+  over num_steps steps per window.
+
+``explicit``: the TF1 program's shape. The model takes the initial state as an input and
+  returns its final state; the loop feeds it back (the tutorial's ``init_state`` feed).
+  ``carry`` is the list of state tensors, (batch, state_size) each. Mathematically the same
+  as ``stateful`` (same losses to float rounding); the state is a value the caller owns,
+  which is what a server or a distribution strategy needs. Same cost as ``stateful``.
+
+``true``: true n-step truncated BPTT (r2rt, "Styles of truncated backpropagation"): the
+  error of *every* output is backpropagated exactly ``num_steps`` steps. For a window of
+  n new steps at positions w .. w+n-1, the output at t = w+j is recomputed from the stored
+  state s_{t-n} (a constant: the gradient stops there) over the n inputs x_{t-n+1} .. x_t.
+  The n sub-sequences of each stream are stacked into one batch of ``batch_size * n``
+  sequences of n steps, so one recurrent pass computes them all; the loss is the mean over
+  their last outputs. The final state of sub-sequence j is s_{w+j}, which is exactly what
+  the next window needs, so ``carry`` = (the last n-1 inputs, which of them are real, the
+  last n states of every stream) costs no extra pass. At the start of an epoch there are no
+  earlier steps: the missing inputs are masked (a masked step leaves the state unchanged),
+  so output t sees its t+1 real steps from the zero state, as TF-style does.
+  Cost: n times the recurrent work of TF-style per window (n sequences of n steps instead
+  of one) and n times the activation memory; the parameter update is the same.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import keras
+import tensorflow as tf
+
+from tfrnn.echo_model import build_echo_model
+
+MODES = ("stateful", "explicit", "true")
+
+
+def sequence_loss(targets, logits):
+    """Mean sparse softmax cross-entropy over every position: targets (...), logits (..., C)."""
+    return tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+    )
+
+
+def _apply(optimizer, model, tape, loss):
+    variables = model.trainable_variables
+    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+
+
+def stateful_layer_step(model, optimizer, inputs, targets, carry=()):
+    """One window in ``stateful`` mode: inputs, targets (batch, num_steps) -> (loss, ())."""
+    with tf.GradientTape() as tape:
+        loss = sequence_loss(targets, model(inputs, training=True))
+    _apply(optimizer, model, tape, loss)
+    return loss, carry
+
+
+def explicit_state_step(model, optimizer, inputs, targets, carry):
+    """One window in ``explicit`` mode; ``carry`` is the list of initial states.
+
+    Returns (loss, final states), the final states cut from the gradient.
+    """
+    with tf.GradientTape() as tape:
+        logits, *final_states = model([inputs, *carry], training=True)
+        loss = sequence_loss(targets, logits)
+    _apply(optimizer, model, tape, loss)
+    return loss, tuple(tf.stop_gradient(state) for state in final_states)
+
+
+class TrueCarry(NamedTuple):
+    """What ``true`` mode carries from one window to the next, per stream.
+
+    symbols: (batch, num_steps - 1) int32, the last num_steps - 1 inputs.
+    real: (num_steps - 1,) bool, False for the slots before the epoch's first step.
+    states: one (batch, num_steps, size) tensor per state tensor of the cell: the states
+      after each of the last num_steps inputs (slot num_steps - 1 is the newest).
+    """
+
+    symbols: tf.Tensor
+    real: tf.Tensor
+    states: tuple
+
+
+def true_tbptt_step(model, optimizer, inputs, targets, carry: TrueCarry):
+    """One window in ``true`` mode (see the module docstring for the computation).
+
+    Args:
+      model: the explicit-state model (layers ``one_hot``, ``rnn``, ``logits``).
+      inputs, targets: (batch, num_steps) int32.
+      carry: a :class:`TrueCarry`.
+
+    Returns:
+      (loss, new carry).
+    """
+    batch, num_steps = inputs.shape
+    # (batch, 2n - 1): the n - 1 earlier inputs, then the window's n.
+    extended = tf.concat([carry.symbols, inputs], axis=1)
+    real = tf.concat([carry.real, tf.ones([num_steps], tf.bool)], axis=0)
+    # Sub-sequence j ends at the window's step j: extended[:, j : j + n]. Stacked so that
+    # row b * n + j is stream b's sub-sequence j.
+    windows = tf.reshape(
+        tf.stack([extended[:, j : j + num_steps] for j in range(num_steps)], axis=1),
+        [batch * num_steps, num_steps],
+    )
+    mask = tf.tile(
+        tf.stack([real[j : j + num_steps] for j in range(num_steps)], axis=0), [batch, 1]
+    )
+    start_states = [
+        tf.stop_gradient(tf.reshape(state, [batch * num_steps, -1])) for state in carry.states
+    ]
+    rnn, readout = model.get_layer("rnn"), model.get_layer("logits")
+    with tf.GradientTape() as tape:
+        one_hot = model.get_layer("one_hot")(windows)
+        outputs, *final_states = rnn(one_hot, initial_state=start_states, mask=mask, training=True)
+        logits = readout(outputs[:, -1])
+        loss = sequence_loss(tf.reshape(targets, [-1]), logits)
+    _apply(optimizer, model, tape, loss)
+    new_carry = TrueCarry(
+        symbols=extended[:, num_steps:],
+        real=tf.ones([num_steps - 1], tf.bool),
+        states=tuple(
+            tf.reshape(tf.stop_gradient(state), [batch, num_steps, -1]) for state in final_states
+        ),
+    )
+    return loss, new_carry
+
+
+STEPS = {"stateful": stateful_layer_step, "explicit": explicit_state_step, "true": true_tbptt_step}
+
+
+def _check_mode(mode):
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+
+
+def build_training_model(
+    mode: str, kind: str, state_size: int, batch_size: int, *, unroll: bool = True
+) -> keras.Model:
+    """The model a mode trains: stateful with a fixed batch, or explicit-state.
+
+    ``unroll=True`` (the default) unrolls each window's fixed num_steps: with XLA this is
+    several times faster than the while loop for these short windows.
+    """
+    _check_mode(mode)
+    if mode == "stateful":
+        return build_echo_model(
+            kind, state_size, batch_size=batch_size, stateful=True, unroll=unroll
+        )
+    return build_echo_model(kind, state_size, explicit_state=True, unroll=unroll)
+
+
+def start_epoch(mode: str, model: keras.Model, batch_size: int, num_steps: int):
+    """Zero state at the start of an epoch: resets the stateful layer, returns the carry."""
+    _check_mode(mode)
+    kind_sizes = _state_widths(model)
+    if mode == "stateful":
+        model.get_layer("rnn").reset_state()
+        return ()
+    if mode == "explicit":
+        return tuple(tf.zeros([batch_size, size]) for size in kind_sizes)
+    return TrueCarry(
+        symbols=tf.zeros([batch_size, num_steps - 1], tf.int32),
+        real=tf.zeros([num_steps - 1], tf.bool),
+        states=tuple(tf.zeros([batch_size, num_steps, size]) for size in kind_sizes),
+    )
+
+
+def _state_widths(model) -> list[int]:
+    # Keras cells give one int, or a list ([h, c] for an LSTM).
+    sizes = model.get_layer("rnn").cell.state_size
+    return [int(size) for size in (sizes if isinstance(sizes, (list, tuple)) else [sizes])]
+
+
+def make_window_runner(mode: str, model, optimizer, *, jit_compile: bool = True):
+    """A compiled function that trains on a run of windows and returns each window's loss.
+
+    ``run(inputs, targets, carry) -> (losses, carry)``: inputs and targets
+    (num_windows, batch, num_steps) int32, losses (num_windows,). One call replaces
+    num_windows Python-level steps, so the per-window cost is the step's own work.
+    """
+    _check_mode(mode)
+    step = STEPS[mode]
+
+    @tf.function(jit_compile=jit_compile)
+    def run(inputs, targets, carry):
+        num_windows = tf.shape(inputs)[0]
+        losses = tf.TensorArray(tf.float32, size=num_windows)
+        for index in tf.range(num_windows):
+            loss, carry = step(model, optimizer, inputs[index], targets[index], carry)
+            losses = losses.write(index, loss)
+        return losses.stack(), carry
+
+    return run
