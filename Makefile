@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Keep TensorFlow's CUDA/cuInit start-up chatter out of the output; 0 shows it again.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: test lint
+.PHONY: test lint echo-deps echo-styles
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,3 +20,11 @@ lint: $(VENV)/.installed
 
 test: lint
 	$(PY) -m pytest
+
+# Echo dependencies: the tutorial's (5, 4) and (10, 16); table + runs/echo_deps/summary.json.
+echo-deps: $(VENV)/.installed
+	$(PY) -m tfrnn.experiments.echo_deps --suite canonical
+
+# TF-style n and 2n against true truncated BPTT n; table and plot to experiments/echo_deps/.
+echo-styles: $(VENV)/.installed
+	$(PY) -m tfrnn.experiments.echo_deps --suite styles

@@ -1,0 +1,115 @@
+"""Tests of the echo-dependency experiment: a whole training run, the suites, the flags."""
+
+import dataclasses
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from absl import flags
+
+from tfrnn import cli, echo_train
+from tfrnn.data.echo import expected_losses
+from tfrnn.echo_model import build_echo_model
+from tfrnn.echo_train import EchoConfig
+from tfrnn.experiments import echo_deps
+
+# 100 windows of 5 steps an epoch, on 200 streams: the smallest run the curve allows.
+SMALL = EchoConfig(series_length=100_000, epochs=2)
+
+
+def test_a_short_run_learns_the_three_step_echo(tmp_path):
+    metrics = echo_train.train_and_evaluate(SMALL, str(tmp_path), verbose=0)
+    # Two epochs of 100 windows: two points on the curve, each a mean of 100 windows.
+    assert len(metrics["curve"]) == 2
+    assert metrics["final_loss"] == metrics["curve"][-1]
+    # Below what a model that learned nothing can reach: it found the t-3 echo.
+    assert metrics["final_loss"] < 0.62 < expected_losses()["nothing"]
+    assert metrics["expected_loss"] == pytest.approx(0.5192, abs=1e-4)
+
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["final_loss"] == metrics["final_loss"]
+    for key in ("cell", "state_size", "num_steps", "mode"):
+        assert written["config"][key] == getattr(SMALL, key)
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+    assert len(written["epoch_seconds"]) == 2 and written["seconds_per_epoch"] > 0
+
+    # model.keras is the stateless model: any batch and length, the trained weights.
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert not loaded.get_layer("rnn").stateful
+    symbols = np.random.default_rng(0).integers(0, 2, size=(3, 11)).astype("int32")
+    trained = build_echo_model("concat", 4)
+    trained.set_weights(loaded.get_weights())
+    np.testing.assert_allclose(loaded(symbols), trained(symbols), atol=1e-6)
+    assert not np.allclose(loaded.get_layer("logits").get_weights()[1], 0.0)
+
+
+def test_a_diverging_run_stops_with_a_one_line_error(tmp_path):
+    config = dataclasses.replace(SMALL, learning_rate=1e38, epochs=1, jit_compile=False)
+    with pytest.raises(cli.UsageError, match="the loss became nan"):
+        echo_train.train_and_evaluate(config, str(tmp_path), verbose=0)
+    assert (tmp_path / "metrics.json").exists()
+
+
+def test_canonical_suite_writes_summary(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(echo_train, "CANONICAL", ((2, 2, 1), (3, 4, 1)))
+    base = dataclasses.replace(SMALL, series_length=60_000, jit_compile=False)
+    echo_train.run_canonical(base, str(tmp_path), verbose=0)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [(r["num_steps"], r["state_size"]) for r in summary] == [(2, 2), (3, 4)]
+    assert set(summary[0]) == {
+        "num_steps",
+        "state_size",
+        "cell",
+        "mode",
+        "epochs",
+        "final_loss",
+        "expected_loss",
+        "seconds_per_epoch",
+    }
+    # Windows of 2 or 3 steps reach no lag: the reachable loss is the marginal's.
+    assert summary[0]["expected_loss"] == pytest.approx(expected_losses()["nothing"])
+    assert (tmp_path / "summary.png").exists()
+    assert "| 3 | 4 | concat | stateful | 1 |" in capsys.readouterr().out
+
+
+def test_styles_suite_writes_table_and_plot(tmp_path):
+    base = dataclasses.replace(SMALL, series_length=40_000, jit_compile=False)
+    records = echo_train.run_styles(
+        base, str(tmp_path / "runs"), str(tmp_path / "out"), steps=(1,), epochs=1, verbose=0
+    )
+    assert [(r["num_steps"], r["mode"]) for r in records] == [
+        (1, "explicit"),
+        (2, "explicit"),
+        (1, "true"),
+    ]
+    table = (tmp_path / "out" / "styles.md").read_text()
+    assert table.splitlines()[2].startswith("| 1 | ")
+    assert (tmp_path / "out" / "styles.png").exists()
+    assert len(json.loads((tmp_path / "out" / "styles.json").read_text())) == 3
+
+
+@pytest.fixture
+def fresh_flags():
+    yield
+    flags.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize(
+    "argument, message",
+    [
+        ("--num_steps=0", "error: --num_steps must be in [1, 200], got 0"),
+        ("--state_size=5000", "error: --state_size must be in [1, 1024], got 5000"),
+        ("--epochs=0", "error: --epochs must be in [1, 1000], got 0"),
+        ("--cell=gru", "error: --cell must be one of simple, lstm, concat, got 'gru'"),
+        ("--mode=tf1", "error: --mode must be one of stateful, explicit, true, got 'tf1'"),
+        ("--suite=all", "error: --suite must be one of none, canonical, styles, got 'all'"),
+    ],
+)
+def test_bad_flags_give_one_line_errors(argument, message, fresh_flags, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(echo_deps.main, argv=["echo_deps", argument, f"--workdir={tmp_path}"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == message + "\n"
+    assert not os.listdir(tmp_path)  # nothing was started

@@ -1,0 +1,98 @@
+"""Echo dependencies (r2rt, "RNNs in TensorFlow I") and the styles of truncated BPTT.
+
+    python -m tfrnn.experiments.echo_deps                      # one run, the tutorial's (5, 4)
+    python -m tfrnn.experiments.echo_deps --num_steps 10 --state_size 16 --epochs 10
+    python -m tfrnn.experiments.echo_deps --suite canonical    # make echo-deps
+    python -m tfrnn.experiments.echo_deps --suite styles       # make echo-styles
+
+A single run writes metrics.json, curve.png and model.keras to --workdir (default
+runs/echo_deps/<config>). The logic lives in tfrnn.echo_train.
+"""
+
+from tfrnn import cli  # noqa: I001 (first: quiets TensorFlow's start-up before it loads)
+
+import os
+
+from absl import flags
+
+from tfrnn.echo_train import BOUNDS, EchoConfig
+
+SUITES = ("none", "canonical", "styles")
+ROOT = os.path.join("runs", "echo_deps")
+
+
+def _bounded(name):
+    low, high = BOUNDS[name]
+    return f" In [{low}, {high}]."
+
+
+_defaults = EchoConfig()
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("num_steps", _defaults.num_steps, "Window length n." + _bounded("num_steps"))
+flags.DEFINE_integer(
+    "state_size", _defaults.state_size, "Units of the cell." + _bounded("state_size")
+)
+flags.DEFINE_string("cell", _defaults.cell, "concat (the tutorial's), simple or lstm.")
+flags.DEFINE_string(
+    "mode", _defaults.mode, "How the state is carried: stateful, explicit or true (TBPTT)."
+)
+flags.DEFINE_integer(
+    "epochs",
+    None,
+    "Epochs, a fresh series each. Default: 1 for one run; the suite's own for a suite."
+    + _bounded("epochs"),
+)
+flags.DEFINE_integer("seed", _defaults.seed, "Seed of weights and series." + _bounded("seed"))
+flags.DEFINE_integer(
+    "series_length",
+    _defaults.series_length,
+    "Steps of the series drawn each epoch." + _bounded("series_length"),
+)
+flags.DEFINE_string("workdir", None, "Output directory. Default: runs/echo_deps/<config>.")
+flags.DEFINE_string(
+    "suite",
+    "none",
+    "canonical: (5, 4) and (10, 16) with a table, runs/echo_deps/summary.json and"
+    " summary.png. styles: TF-style n and 2n against true n for n in 3, 5, 8; table and plot"
+    " to --styles_dir.",
+)
+flags.DEFINE_string(
+    "styles_dir", os.path.join("experiments", "echo_deps"), "Where --suite styles writes."
+)
+
+
+def main(argv):
+    from tfrnn import echo_train
+
+    if len(argv) > 1:
+        raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.suite not in SUITES:
+        raise cli.UsageError(f"--suite must be one of {', '.join(SUITES)}, got {FLAGS.suite!r}")
+    config = EchoConfig(
+        cell=FLAGS.cell,
+        state_size=FLAGS.state_size,
+        num_steps=FLAGS.num_steps,
+        mode=FLAGS.mode,
+        epochs=1 if FLAGS.epochs is None else FLAGS.epochs,
+        seed=FLAGS.seed,
+        series_length=FLAGS.series_length,
+    )
+    if FLAGS.epochs is not None:
+        config = echo_train.check_config(config)  # --epochs 0 is an error, not "default"
+    if FLAGS.suite == "canonical":
+        echo_train.run_canonical(config, FLAGS.workdir or ROOT, epochs=FLAGS.epochs)
+    elif FLAGS.suite == "styles":
+        echo_train.run_styles(
+            config,
+            os.path.join(FLAGS.workdir or ROOT, "styles"),
+            FLAGS.styles_dir,
+            epochs=FLAGS.epochs,
+        )
+    else:
+        echo_train.train_and_evaluate(
+            echo_train.check_config(config), FLAGS.workdir or os.path.join(ROOT, config.name)
+        )
+
+
+if __name__ == "__main__":
+    cli.run(main)
