@@ -1,0 +1,289 @@
+"""Tests of tfrnn.export with an MNIST-shaped model: what TF Serving loads and answers."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+from export_testing import mnist_model, random_images, rest_to_tensors, save_workdir
+
+from tfrnn import export
+from tfrnn.cli import UsageError
+
+VENV_BIN = os.path.dirname(sys.executable)
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+@pytest.fixture(scope="module")
+def mnist(tmp_path_factory):
+    """(Keras model, workdir, export_dir, description of version 1)."""
+    root = tmp_path_factory.mktemp("mnist")
+    model = mnist_model()
+    workdir = save_workdir(root / "run", model, {"cell": "lstm", "units": 8})
+    export_dir = str(root / "models" / "mnist")
+    description = export.export_workdir(workdir, export_dir)
+    return model, workdir, export_dir, description
+
+
+def _keras_probabilities(model, images):
+    return np.asarray(keras.ops.softmax(model(images, training=False), axis=-1))
+
+
+def test_signature_has_named_inputs_and_outputs(mnist):
+    _, _, export_dir, description = mnist
+    expected = {
+        "serving_default": {
+            "method": "tensorflow/serving/predict",
+            "inputs": {"rows": {"dtype": "float32", "shape": [None, 28, 28]}},
+            "outputs": {
+                "probabilities": {"dtype": "float32", "shape": [None, 10]},
+                "classes": {"dtype": "int64", "shape": [None]},
+            },
+        }
+    }
+    assert export.signatures(os.path.join(export_dir, "1")) == expected
+    assert description["signatures"] == expected
+    assert description["version"] == 1 and description["task"] == "mnist"
+
+
+def test_tf_serving_path_matches_keras(mnist):
+    model, _, export_dir, _ = mnist
+    images = random_images(6)
+    outputs = export.run_like_tf_serving(
+        os.path.join(export_dir, "1"), "serving_default", {"rows": images}
+    )
+    expected = _keras_probabilities(model, images)
+    np.testing.assert_allclose(outputs["probabilities"], expected, atol=1e-5)
+    np.testing.assert_array_equal(outputs["classes"], np.argmax(expected, axis=-1))
+    assert outputs["classes"].dtype == np.int64
+    assert len(set(outputs["classes"])) > 1  # the images are told apart: a real comparison
+
+
+def test_graph_has_no_cudnn_ops_and_the_check_catches_them(mnist, tmp_path):
+    _, _, export_dir, _ = mnist
+    types = export.op_types(os.path.join(export_dir, "1"))
+    assert "While" in types  # the recurrent loop lives in the function library: it was walked
+    assert not [op for op in types if op.startswith("CudnnRNN")]
+
+    class Cudnn(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([5, 2, 3], tf.float32)])
+        def inner(self, inputs):
+            state = tf.zeros([1, 2, 4])
+            return tf.raw_ops.CudnnRNN(
+                input=inputs, input_h=state, input_c=state, params=tf.zeros([100])
+            )[0]
+
+        @tf.function(input_signature=[tf.TensorSpec([5, 2, 3], tf.float32)])
+        def serve(self, inputs):
+            return {"outputs": self.inner(inputs)}
+
+    module = Cudnn()
+    tf.saved_model.save(module, str(tmp_path), signatures=module.serve.get_concrete_function())
+    # Only nested functions hold the op: a check that read the top-level graph would miss it.
+    top_level = {
+        node.op for node in export.read_saved_model(str(tmp_path)).meta_graphs[0].graph_def.node
+    }
+    assert "CudnnRNN" not in top_level and "CudnnRNN" in export.op_types(str(tmp_path))
+    with pytest.raises(UsageError, match="CudnnRNN, which a CPU-only server cannot run"):
+        export.check_portable(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (np.zeros((2, 784), np.float32), r"rows must have shape \[batch, 28, 28\]; got \[2, 784\]"),
+        (
+            np.zeros((2, 28, 27), np.float32),
+            r"rows must have shape \[batch, 28, 28\]; got \[2, 28, 27\]",
+        ),
+        (np.zeros((2, 28, 28, 1), np.float32), r"rows must have shape .*; got \[2, 28, 28, 1\]"),
+        (np.zeros((0, 28, 28), np.float32), r"rows is an empty batch"),
+        (
+            np.full((1, 28, 28), 255.0, np.float32),
+            r"scaled to \[0, 1\] \(pixel / 255\); got values from 255 to 255",
+        ),
+    ],
+    ids=["rank", "inner_shape", "extra_axis", "empty_batch", "unscaled_pixels"],
+)
+def test_wrong_inputs_fail_at_the_signature(mnist, images, message):
+    _, _, export_dir, _ = mnist
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        export.run_like_tf_serving(
+            os.path.join(export_dir, "1"), "serving_default", {"rows": images}
+        )
+    # The signature's own assertion stops the request, before any layer sees it.
+    assert "assertion failed" in error.value.message
+    assert "rnn" not in error.value.message.lower()
+    line = export.signature_error(error.value)
+    assert "\n" not in line
+    assert re.search(message, line), line
+
+
+def test_wrong_dtype_fails_at_the_signature(mnist):
+    _, _, export_dir, _ = mnist
+    signature = tf.saved_model.load(os.path.join(export_dir, "1")).signatures["serving_default"]
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match="expected to be a float tensor but is a int32"
+    ):
+        signature(rows=tf.zeros([1, 28, 28], tf.int32))
+
+
+def test_rest_bodies_in_both_forms_give_the_described_answer(mnist):
+    _, _, export_dir, description = mnist
+    request = description["rest"]["requests"]["serving_default"]
+    with open(request["request_file"]) as handle:
+        body = json.load(handle)
+    assert body == request["body"] and list(body) == ["instances"]
+    assert request["curl"] == (
+        "curl -s -X POST http://localhost:8501/v1/models/mnist/versions/1:predict "
+        f"-d @{request['request_file']}"
+    )
+    signature = tf.saved_model.load(os.path.join(export_dir, "1")).signatures["serving_default"]
+    images = random_images(3, seed=1)
+    bodies = {
+        "described": body,
+        "instances": {"instances": images.tolist()},
+        "named instances": {"instances": [{"rows": image.tolist()} for image in images]},
+        "inputs": {"inputs": images.tolist()},
+        "named inputs": {"inputs": {"rows": images.tolist()}},
+    }
+    answers = {name: signature(**rest_to_tensors(b, signature)) for name, b in bodies.items()}
+    (described_row,) = request["response"]["predictions"]
+    np.testing.assert_allclose(
+        answers["described"]["probabilities"][0], described_row["probabilities"], atol=1e-5
+    )
+    assert int(answers["described"]["classes"][0]) == described_row["classes"]
+    expected = export.run_like_tf_serving(
+        os.path.join(export_dir, "1"), "serving_default", {"rows": images}
+    )
+    for name in ("instances", "named instances", "inputs", "named inputs"):
+        np.testing.assert_allclose(
+            answers[name]["probabilities"], expected["probabilities"], atol=1e-6, err_msg=name
+        )
+        np.testing.assert_array_equal(answers[name]["classes"], expected["classes"], err_msg=name)
+
+
+def test_saved_model_cli_lists_the_signature_and_runs_an_npy(mnist, tmp_path):
+    model, _, export_dir, _ = mnist
+    version_dir = os.path.join(export_dir, "1")
+    shown = subprocess.run(
+        [os.path.join(VENV_BIN, "saved_model_cli"), "show", "--dir", version_dir, "--all"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        check=True,
+    ).stdout
+    assert "signature_def['serving_default']" in shown
+    for line in (
+        "inputs['rows'] tensor_info:",
+        "outputs['classes'] tensor_info:",
+        "outputs['probabilities'] tensor_info:",
+        "DT_INT64",
+        "shape: (-1, 28, 28)",
+    ):
+        assert line in shown
+    images = random_images(5, seed=2)
+    np.save(tmp_path / "images.npy", images)
+    subprocess.run(
+        [
+            os.path.join(VENV_BIN, "saved_model_cli"),
+            "run",
+            "--dir",
+            version_dir,
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--inputs",
+            f"rows={tmp_path / 'images.npy'}",
+            "--outdir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        check=True,
+    )
+    classes = np.load(tmp_path / "out" / "classes.npy")
+    np.testing.assert_array_equal(classes, np.argmax(_keras_probabilities(model, images), axis=-1))
+
+
+def test_versions_count_up_and_never_overwrite(mnist):
+    _, workdir, export_dir, _ = mnist
+    first = os.path.join(export_dir, "1", "saved_model.pb")
+    before = os.stat(first).st_mtime_ns
+    with pytest.raises(UsageError, match=r"1 already exists and exports never overwrite"):
+        export.export_workdir(workdir, export_dir, version=1)
+    with pytest.raises(UsageError, match="--version must be a positive integer, got 0"):
+        export.export_workdir(workdir, export_dir, version=0)
+    os.makedirs(os.path.join(export_dir, "7"))  # say, a version copied in by hand
+    assert export.export_workdir(workdir, export_dir)["version"] == 8
+    assert export.versions(export_dir) == [1, 7, 8]
+    assert os.stat(first).st_mtime_ns == before
+    # No staging folder is left behind, and each export is described beside its folder.
+    assert sorted(os.listdir(export_dir)) == sorted(
+        ["1", "1.json", "1.serving_default.request.json"]
+        + ["7", "8", "8.json", "8.serving_default.request.json"]
+    )
+
+
+def test_cli_exports_and_prints_the_signature(mnist, tmp_path, capsys):
+    _, workdir, _, _ = mnist
+    export_dir = tmp_path / "models" / "digits"
+    flag_values = flags.FlagValues()
+    export.define_flags(flag_values)
+    flag_values(["export", f"--workdir={workdir}", f"--export_dir={export_dir}", "--version=3"])
+    export.main([], flag_values)
+    printed = capsys.readouterr().out
+    assert f"exported the mnist model of {workdir} to {export_dir}/3 (tag serve)" in printed
+    assert (
+        "serving_default: rows float32 [None, 28, 28] -> "
+        "classes int64 [None], probabilities float32 [None, 10]"
+    ) in printed
+    assert "/v1/models/digits/versions/3:predict" in printed
+    assert export.versions(str(export_dir)) == [3]
+
+
+def test_cli_error_is_one_line_and_exit_2(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tfrnn.export",
+            f"--workdir={tmp_path / 'nowhere'}",
+            f"--export_dir={tmp_path / 'models'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
+    assert result.returncode == 2
+    # TensorFlow's own start-up lines on a machine without CUDA may come first.
+    assert (
+        result.stderr.splitlines()[-1] == f"error: --workdir {tmp_path / 'nowhere'} does not exist"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_workdirs_are_one_line_usage_errors(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        export.export_workdir(str(tmp_path / "missing"), str(tmp_path / "models"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="model.keras does not exist: train the model first"):
+        export.export_workdir(str(tmp_path / "empty"), str(tmp_path / "models"))
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "model.keras").write_text("not a zip")
+    with pytest.raises(UsageError, match="cannot load") as error:
+        export.export_workdir(str(tmp_path / "corrupt"), str(tmp_path / "models"))
+    assert "\n" not in str(error.value)
+    features = keras.Input((5,))
+    save_workdir(tmp_path / "other", keras.Model(features, keras.layers.Dense(2)(features)), {})
+    with pytest.raises(UsageError, match="neither an MNIST model .* nor an echo model"):
+        export.export_workdir(str(tmp_path / "other"), str(tmp_path / "models"))
+    assert not (tmp_path / "models").exists() or export.versions(str(tmp_path / "models")) == []

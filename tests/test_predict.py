@@ -1,0 +1,134 @@
+"""Tests of tfrnn.predict: PNG and .npy images through an exported MNIST model."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+from export_testing import mnist_model, random_images, save_workdir
+
+from tfrnn import export, predict
+from tfrnn.cli import UsageError
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(Keras model, export dir with version 1, folder for image files)."""
+    root = tmp_path_factory.mktemp("predict")
+    model = mnist_model(seed=3)
+    workdir = save_workdir(root / "run", model, {"cell": "lstm"})
+    export.export_workdir(workdir, str(root / "models" / "mnist"))
+    (root / "images").mkdir()
+    return model, str(root / "models" / "mnist"), root / "images"
+
+
+def _write_png(path, pixels):
+    tf.io.write_file(str(path), tf.io.encode_png(pixels[..., None]))
+    return str(path)
+
+
+def _expected_lines(model, labels, pixels):
+    probabilities = np.asarray(keras.ops.softmax(model(pixels.astype(np.float32) / 255.0), -1))
+    return [
+        f"{label}: {digit} (probability {probabilities[row, digit]:.3f})"
+        for row, (label, digit) in enumerate(zip(labels, probabilities.argmax(-1), strict=True))
+    ]
+
+
+def test_pngs_and_npy_give_the_models_classes(exported, capsys):
+    model, model_dir, images_dir = exported
+    pixels = np.round(random_images(5, seed=4) * 255).astype(np.uint8)
+    pngs = [_write_png(images_dir / f"digit{index}.png", pixels[index]) for index in range(2)]
+    np.save(images_dir / "batch.npy", pixels[2:])
+    np.save(images_dir / "scaled.npy", pixels[0].astype(np.float32) / 255.0)  # one image, floats
+    paths = [*pngs, str(images_dir / "batch.npy"), str(images_dir / "scaled.npy")]
+    labels = [*pngs, *(f"{images_dir / 'batch.npy'}[{i}]" for i in range(3))]
+    labels.append(f"{images_dir / 'scaled.npy'}[0]")
+    expected = _expected_lines(model, labels, np.concatenate([pixels, pixels[:1]]))
+    flag_values = flags.FlagValues()
+    predict.define_flags(flag_values)
+    argv = flag_values(["predict", f"--model={model_dir}", *paths])
+    predict.main(argv, flag_values)
+    assert capsys.readouterr().out.splitlines() == expected
+    assert len({line.split(": ")[1].split()[0] for line in expected}) > 1  # not one class for all
+
+
+def test_versions_are_chosen_and_checked(exported):
+    _, model_dir, images_dir = exported
+    path = _write_png(images_dir / "blank.png", np.zeros((28, 28), np.uint8))
+    assert predict.version_dir(model_dir) == os.path.join(model_dir, "1")
+    assert len(predict.predict(model_dir, [path], version=1)) == 1
+    with pytest.raises(UsageError, match=r"has no version 4; it has 1$"):
+        predict.predict(model_dir, [path], version=4)
+    with pytest.raises(UsageError, match="holds no exported model"):
+        predict.predict(str(images_dir), [path])
+
+
+@pytest.mark.parametrize(
+    "name, write, message",
+    [
+        ("missing.png", None, r"missing.png does not exist"),
+        (
+            "notes.png",
+            lambda path: path.write_text("not an image"),
+            r"notes.png is not a PNG image",
+        ),
+        (
+            "big.png",
+            lambda path: _write_png(path, np.zeros((32, 30), np.uint8)),
+            r"big.png is 30x32 pixels; expected 28x28",
+        ),
+        (
+            "flat.npy",
+            lambda path: np.save(path, np.zeros((3, 784), np.uint8)),
+            r"flat.npy holds an array of shape \(3, 784\); expected \(n, 28, 28\)",
+        ),
+        (
+            "raw.npy",
+            lambda path: np.save(path, np.full((28, 28), 255.0, np.float32)),
+            r"raw.npy holds floats from 255.0 to 255.0; scale the pixels to \[0, 1\]",
+        ),
+        ("text.npy", lambda path: path.write_text("1 2 3"), r"text.npy is not a NumPy .npy file"),
+    ],
+    ids=["missing", "not_png", "wrong_size", "npy_shape", "npy_unscaled", "npy_corrupt"],
+)
+def test_bad_files_are_one_line_errors(exported, name, write, message):
+    _, model_dir, images_dir = exported
+    path = images_dir / name
+    if write:
+        write(path)
+    with pytest.raises(UsageError, match=message) as error:
+        predict.predict(model_dir, [str(path)])
+    assert "\n" not in str(error.value)
+
+
+def test_an_echo_export_is_refused(tmp_path):
+    from tfrnn.echo_model import build_echo_model
+
+    workdir = save_workdir(tmp_path / "run", build_echo_model("simple", 3), {"cell": "simple"})
+    export.export_workdir(workdir, str(tmp_path / "models" / "echo"))
+    path = _write_png(tmp_path / "blank.png", np.zeros((28, 28), np.uint8))
+    with pytest.raises(
+        UsageError, match=r"is not an MNIST model: its serving_default takes symbols"
+    ):
+        predict.predict(str(tmp_path / "models" / "echo"), [path])
+
+
+def test_command_error_is_one_line_and_exit_2(exported):
+    _, model_dir, images_dir = exported
+    path = images_dir / "cli.png"
+    path.write_bytes(b"\x89PNG broken")
+    result = subprocess.run(
+        [sys.executable, "-m", "tfrnn.predict", f"--model={model_dir}", str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 2
+    # TensorFlow's own start-up lines on a machine without CUDA may come first.
+    assert result.stderr.splitlines()[-1] == f"error: {path} is not a PNG image"
+    assert "Traceback" not in result.stderr and result.stdout == ""
