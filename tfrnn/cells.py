@@ -20,8 +20,14 @@ import tensorflow as tf
 CELL_KINDS = ("simple", "lstm", "concat")
 
 
+@tf.function
 def concat_rnn_step(inputs, state, kernel, bias):
     """One step of the tutorials' cell: ``tanh([inputs ; state] . kernel + bias)``.
+
+    ``[inputs ; state] . kernel`` is computed as ``inputs . kernel[:input_dim] +
+    state . kernel[input_dim:]``, the same sum split at the row where ``state`` starts:
+    XLA cannot compile the gradient of a concat inside a nested function (its ConcatOffset
+    needs compile-time shapes), and the split form also skips copying the concat each step.
 
     Args:
       inputs: (batch, input_dim) float tensor, x_t.
@@ -32,7 +38,10 @@ def concat_rnn_step(inputs, state, kernel, bias):
     Returns:
       (batch, units): the new state, which is also the step's output.
     """
-    return tf.tanh(tf.matmul(tf.concat([inputs, state], axis=-1), kernel) + bias)
+    input_dim = inputs.shape[-1]
+    return tf.tanh(
+        tf.matmul(inputs, kernel[:input_dim]) + tf.matmul(state, kernel[input_dim:]) + bias
+    )
 
 
 def _check_units(units) -> int:
@@ -84,7 +93,14 @@ class ConcatRNNCell(keras.layers.Layer):
     def call(self, inputs, states, training=False):
         # keras.layers.RNN hands states over as a list even for a single state tensor.
         state = states[0] if isinstance(states, (list, tuple)) else states
-        new_state = concat_rnn_step(inputs, state, self.kernel, self.bias)
+        # Keras variables (the weights, and a stateful layer's carried state) are not
+        # tf.function arguments: hand over their current values.
+        new_state = concat_rnn_step(
+            inputs,
+            tf.convert_to_tensor(state),
+            tf.convert_to_tensor(self.kernel),
+            tf.convert_to_tensor(self.bias),
+        )
         return new_state, [new_state]
 
     def get_initial_state(self, batch_size=None):
