@@ -50,7 +50,7 @@ from tfrnn import cli
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import flags
+from absl import flags, logging
 from tensorflow.core.protobuf import saved_model_pb2
 
 from tfrnn.cells import ConcatRNNCell
@@ -592,6 +592,8 @@ def main(argv, flag_values=None):
     """The command: export, then print the signatures and a curl command to try."""
     del argv  # flags only
     values = flags.FLAGS if flag_values is None else flag_values
+    # TensorFlow's SavedModel writer logs every asset and shard at INFO.
+    logging.set_verbosity(logging.WARNING)
     # Trace on the CPU: a graph traced on a GPU may hold cuDNN ops a CPU server cannot run.
     tf.config.set_visible_devices([], "GPU")
     description = export_workdir(values.workdir, values.export_dir, values.version)
