@@ -1,0 +1,154 @@
+"""Tests of tfrnn.data.mnist: IDX reading and its errors, TFDS via mock data, epoch order."""
+
+import gzip
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from tfrnn.cli import UsageError
+from tfrnn.data import mnist as mnist_data
+
+
+def write_tiny_mnist(folder, num_train=40, num_test=12, compress=True, seed=0):
+    """Writes the four IDX files of a random MNIST-shaped set; returns its arrays."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    suffix = ".gz" if compress else ""
+    for split, count in (("train", num_train), ("test", num_test)):
+        images = rng.integers(0, 256, size=(count, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=count, dtype=np.uint8)
+        images_name, labels_name = mnist_data.IDX_FILES[split]
+        mnist_data.write_idx(os.path.join(folder, images_name + suffix), images)
+        mnist_data.write_idx(os.path.join(folder, labels_name + suffix), labels)
+        arrays[split] = (images, labels)
+    return arrays
+
+
+def _as_arrays(dataset):
+    images, labels = zip(*[(image.numpy(), label.numpy()) for image, label in dataset], strict=True)
+    return np.concatenate(images), np.concatenate(labels)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_idx_folder_round_trip(tmp_path, compress):
+    arrays = write_tiny_mnist(tmp_path, compress=compress)
+    data = mnist_data.load(data_dir=str(tmp_path))
+    assert (data.train.num_examples, data.test.num_examples) == (40, 12)
+    images, labels = _as_arrays(mnist_data.test_batches(data.test, 5))
+    assert images.dtype == np.float32 and images.shape == (12, 28, 28)
+    np.testing.assert_allclose(images, arrays["test"][0] / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(labels, arrays["test"][1])
+    first_three, _ = _as_arrays(mnist_data.test_batches(data.test, 2, limit=3))
+    np.testing.assert_array_equal(first_three, images[:3])
+
+
+def test_validation_size_leaves_out_the_last_training_images(tmp_path):
+    arrays = write_tiny_mnist(tmp_path)
+    data = mnist_data.load(data_dir=str(tmp_path), validation_size=15)
+    assert data.train.num_examples == 25
+    _, labels = _as_arrays(data.train.examples.batch(100))
+    np.testing.assert_array_equal(labels, arrays["train"][1][:25])
+    with pytest.raises(UsageError, match="validation_size"):
+        mnist_data.load(data_dir=str(tmp_path), validation_size=40)
+
+
+def test_epoch_order_depends_on_seed_and_epoch_and_skip_resumes_it(tmp_path):
+    write_tiny_mnist(tmp_path)
+    split = mnist_data.load(data_dir=str(tmp_path)).train
+    assert mnist_data.steps_per_epoch(split, 8) == 5
+
+    def labels_of(epoch, seed=0, skip=0):
+        return _as_arrays(mnist_data.train_batches(split, 8, epoch, seed, skip))[1]
+
+    epoch_0 = labels_of(0)
+    assert len(epoch_0) == 40  # 5 full batches of 8
+    np.testing.assert_array_equal(labels_of(0), epoch_0)
+    np.testing.assert_array_equal(labels_of(0, skip=3), epoch_0[24:])
+    images_0, _ = _as_arrays(mnist_data.train_batches(split, 8, 0, 0))
+    images_1, _ = _as_arrays(mnist_data.train_batches(split, 8, 1, 0))
+    images_s, _ = _as_arrays(mnist_data.train_batches(split, 8, 0, 1))
+    assert not np.array_equal(images_0, images_1)
+    assert not np.array_equal(images_0, images_s)
+    # Every epoch is a permutation of the same images.
+    np.testing.assert_allclose(
+        np.sort(images_0.sum(axis=(1, 2))), np.sort(images_1.sum(axis=(1, 2)))
+    )
+
+
+def test_incomplete_last_batch_is_dropped_in_training_only(tmp_path):
+    write_tiny_mnist(tmp_path, num_train=20, num_test=20)
+    data = mnist_data.load(data_dir=str(tmp_path))
+    sizes = [len(labels) for _, labels in mnist_data.train_batches(data.train, 8, 0, 0)]
+    assert sizes == [8, 8]
+    sizes = [len(labels) for _, labels in mnist_data.test_batches(data.test, 8)]
+    assert sizes == [8, 8, 4]
+
+
+def _replace(folder, name, content: bytes):
+    path = os.path.join(folder, name + ".gz")
+    with gzip.open(path, "wb") as handle:
+        handle.write(content)
+    return path
+
+
+def test_missing_folder_and_missing_file(tmp_path):
+    with pytest.raises(UsageError, match="no such folder"):
+        mnist_data.load(data_dir=str(tmp_path / "nowhere"))
+    write_tiny_mnist(tmp_path)
+    os.remove(tmp_path / "t10k-labels-idx1-ubyte.gz")
+    with pytest.raises(UsageError, match=r"missing t10k-labels-idx1-ubyte\.gz"):
+        mnist_data.load(data_dir=str(tmp_path))
+
+
+def test_wrong_magic_names_the_file(tmp_path):
+    write_tiny_mnist(tmp_path)
+    labels_path = os.path.join(tmp_path, "train-labels-idx1-ubyte.gz")
+    images_path = os.path.join(tmp_path, "train-images-idx3-ubyte.gz")
+    shutil.copy(labels_path, images_path)  # a labels file where the images should be
+    with pytest.raises(UsageError) as error:
+        mnist_data.load(data_dir=str(tmp_path))
+    assert str(error.value) == f"{images_path}: wrong magic number 2049, expected 2051"
+
+
+def test_truncated_data_and_truncated_gzip(tmp_path):
+    write_tiny_mnist(tmp_path)
+    name = "t10k-images-idx3-ubyte"
+    with gzip.open(os.path.join(tmp_path, name + ".gz"), "rb") as handle:
+        content = handle.read()
+    path = _replace(tmp_path, name, content[:-100])
+    with pytest.raises(UsageError, match=f"{path}: truncated: header gives shape"):
+        mnist_data.load(data_dir=str(tmp_path))
+    _replace(tmp_path, name, content)
+    with open(path, "rb") as handle:
+        compressed = handle.read()
+    with open(path, "wb") as handle:
+        handle.write(compressed[: len(compressed) // 2])
+    with pytest.raises(UsageError, match=f"{path}: truncated gzip file"):
+        mnist_data.load(data_dir=str(tmp_path))
+
+
+def test_image_and_label_counts_must_agree(tmp_path):
+    write_tiny_mnist(tmp_path)
+    mnist_data.write_idx(
+        os.path.join(tmp_path, "train-labels-idx1-ubyte.gz"), np.zeros(39, np.uint8)
+    )
+    with pytest.raises(UsageError, match="holds 40 images but .*train-labels.* holds 39 labels"):
+        mnist_data.load(data_dir=str(tmp_path))
+
+
+def test_tfds_source_with_mock_data():
+    with tfds.testing.mock_data(num_examples=24):
+        data = mnist_data.load("mnist")
+        assert data.source == "tfds:mnist"
+        assert (data.train.num_examples, data.test.num_examples) == (24, 24)
+        images, labels = _as_arrays(mnist_data.train_batches(data.train, 8, 0, 0))
+        assert images.shape == (24, 28, 28) and images.dtype == np.float32
+        assert 0.0 <= images.min() and images.max() <= 1.0
+        assert labels.dtype == np.int32 and set(labels) <= set(range(10))
+        with pytest.raises(UsageError, match=r"'cifar10' has images \(32, 32, 3\)"):
+            mnist_data.load("cifar10")
+        with pytest.raises(UsageError, match="cannot load TFDS dataset 'no_such_set'"):
+            mnist_data.load("no_such_set")

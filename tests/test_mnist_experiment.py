@@ -1,0 +1,159 @@
+"""End-to-end tests of the MNIST experiment on tiny IDX files: outputs, SIGKILL + resume, errors.
+
+The resume test kills a real ``python -m tfrnn.experiments.mnist`` process with SIGKILL in
+the middle of an epoch (at a fixed training step, so the test does not depend on timing),
+re-runs the same command, and requires the final weights and metrics of a run that was never
+stopped.
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrnn import cli, mnist_model
+from tfrnn.data import mnist as mnist_data
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+# 96 training images in batches of 16: 6 steps an epoch, 18 in all, a checkpoint every 4.
+FLAGS = ["--units", "8", "--batch_size", "16", "--epochs", "3", "--checkpoint_every", "4"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("idx")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 96), ("test", 40)):
+        labels = rng.integers(0, 10, size=count)
+        # A learnable signal: the label sets the brightness of one row.
+        images = rng.integers(0, 100, size=(count, 28, 28))
+        images[np.arange(count), 2 * labels + 4, :] = 255
+        images_name, labels_name = mnist_data.IDX_FILES[split]
+        mnist_data.write_idx(str(folder / (images_name + ".gz")), images)
+        mnist_data.write_idx(str(folder / labels_name), labels)
+    return str(folder)
+
+
+def _config(data_dir):
+    return dataclasses.replace(
+        mnist_model.Config(), data_dir=data_dir, units=8, batch_size=16, epochs=3
+    )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    mnist_model.train_and_evaluate(
+        _config(data_dir), str(workdir), checkpoint_every=4, verbose=False
+    )
+    return workdir
+
+
+def _metrics(workdir):
+    with open(os.path.join(workdir, "metrics.json")) as handle:
+        metrics = json.load(handle)
+    for record in metrics["epochs"]:
+        del record["seconds"]
+    return metrics
+
+
+def test_run_writes_metrics_model_and_export(uninterrupted, data_dir):
+    metrics = _metrics(uninterrupted)
+    assert metrics["config"] == dataclasses.asdict(_config(data_dir))
+    assert [r["epoch"] for r in metrics["epochs"]] == [1, 2, 3]
+    assert metrics["epochs"][-1]["train_loss"] < metrics["epochs"][0]["train_loss"]
+    for name in ("curves.png", "config.json", "final.json", "model.keras", "export"):
+        assert (uninterrupted / name).exists(), name
+    assert os.listdir(uninterrupted / "tensorboard")
+
+    images = np.random.default_rng(1).uniform(size=(5, 28, 28)).astype("float32")
+    model = keras.saving.load_model(uninterrupted / "model.keras")
+    exported = tf.saved_model.load(str(uninterrupted / "export"))
+    serving = exported.signatures["serving_default"]
+    (served,) = serving(tf.constant(images)).values()
+    assert served.shape == (5, 10)
+    np.testing.assert_allclose(served, model(images), atol=1e-5)
+
+    with open(uninterrupted / "final.json") as handle:
+        final = json.load(handle)
+    # 40 test images: the first 128 are all of them.
+    assert final["test_accuracy"] == final["test_accuracy_first_128"]
+    assert final["test_accuracy"] == pytest.approx(metrics["epochs"][-1]["test_accuracy"])
+
+
+def _command(data_dir, workdir):
+    return [*FLAGS, "--data_dir", data_dir, "--workdir", str(workdir)]
+
+
+def _run(args, kill_at_progress_update=None):
+    """Runs the experiment in a subprocess; optionally SIGKILLs itself at the N-th step."""
+    script = "import runpy, sys\n"
+    if kill_at_progress_update:
+        # The progress bar is updated once per training step, right after it.
+        script += (
+            "import os, signal, keras\n"
+            "update, calls = keras.utils.Progbar.update, []\n"
+            "def killing_update(self, *args, **kwargs):\n"
+            "    calls.append(1)\n"
+            f"    if len(calls) == {kill_at_progress_update}:\n"
+            "        os.kill(os.getpid(), signal.SIGKILL)\n"
+            "    return update(self, *args, **kwargs)\n"
+            "keras.utils.Progbar.update = killing_update\n"
+        )
+    script += (
+        "sys.argv = ['mnist'] + sys.argv[1:]\n"
+        "runpy.run_module('tfrnn.experiments.mnist', run_name='__main__')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
+
+
+def test_sigkill_mid_epoch_then_same_command_ends_like_a_run_never_stopped(
+    uninterrupted, data_dir, tmp_path
+):
+    # Killed right after step 11 (epoch 2 of 3); the last checkpoint is step 8, so steps 9-11
+    # were trained, lost, and must be redone the same way.
+    killed = _run(_command(data_dir, tmp_path), kill_at_progress_update=11)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-8")
+    assert not (tmp_path / "model.keras").exists()
+
+    resumed = _run(_command(data_dir, tmp_path))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "(step 8, 1 epochs done)" in resumed.stdout
+    assert _metrics(tmp_path) == _metrics(uninterrupted)
+    expected = keras.saving.load_model(uninterrupted / "model.keras").get_weights()
+    got = keras.saving.load_model(tmp_path / "model.keras").get_weights()
+    for got_weight, expected_weight in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(got_weight, expected_weight)
+
+
+def test_bad_data_is_one_line_error_and_exit_2(data_dir, tmp_path, capsys):
+    # In-process through cli.run, the entry point's wrapper (a subprocess costs seconds).
+    missing = tmp_path / "no_mnist_here"
+    config = dataclasses.replace(_config(data_dir), data_dir=str(missing))
+
+    def main(argv):
+        mnist_model.train_and_evaluate(config, str(tmp_path / "run"), verbose=False)
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(main, argv=["mnist"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: {missing}: no such folder (expected the four MNIST IDX files)\n"
+    )
+    assert not (tmp_path / "run").exists()  # nothing written before the data is read

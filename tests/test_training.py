@@ -1,0 +1,164 @@
+"""Tests of tfrnn.training.fit on a tiny synthetic task: outputs, exact resume, NaN, strategies."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrnn import training
+from tfrnn.cells import make_rnn
+from tfrnn.cli import UsageError
+
+NUM_EXAMPLES, BATCH, TIME, FEATURES, CLASSES = 64, 16, 4, 3, 3
+STEPS_PER_EPOCH = NUM_EXAMPLES // BATCH  # 4
+CONFIG = {"task": "synthetic", "epochs": 3}
+
+
+def _synthetic_examples():
+    # The class is the feature with the largest sum over time: learnable by a small RNN.
+    inputs = np.random.default_rng(0).normal(size=(NUM_EXAMPLES, TIME, FEATURES))
+    labels = np.argmax(inputs.sum(axis=1), axis=-1)
+    return inputs.astype("float32"), labels.astype("int32")
+
+
+def make_task(epochs=3, corrupt=None):
+    """A 3-class sequence task; ``corrupt(epoch, skip, batches)`` may alter an epoch's batches."""
+    inputs, labels = _synthetic_examples()
+    examples = tf.data.Dataset.from_tensor_slices((inputs, labels))
+
+    def make_model():
+        keras.utils.set_random_seed(1)
+        sequence = keras.Input((TIME, FEATURES))
+        return keras.Model(sequence, keras.layers.Dense(CLASSES)(make_rnn("simple", 8)(sequence)))
+
+    def train_batches(epoch, skip):
+        shuffled = examples.shuffle(NUM_EXAMPLES, seed=100 + epoch, reshuffle_each_iteration=False)
+        batches = shuffled.batch(BATCH, drop_remainder=True).skip(skip)
+        return corrupt(epoch, skip, batches) if corrupt else batches
+
+    return training.Task(
+        make_model=make_model,
+        make_optimizer=lambda: keras.optimizers.Adam(0.05),
+        per_example_loss=training.sparse_softmax_cross_entropy,
+        train_batches=train_batches,
+        eval_batches=lambda: examples.batch(24),
+        steps_per_epoch=STEPS_PER_EPOCH,
+        total_steps=epochs * STEPS_PER_EPOCH,
+        global_batch_size=BATCH,
+    )
+
+
+def _without_seconds(history):
+    return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
+
+
+def _fit(task, workdir, **kwargs):
+    kwargs.setdefault("checkpoint_every", 3)
+    kwargs.setdefault("jit_compile", False)  # compiling costs more than these tiny steps
+    return training.fit(task, str(workdir), CONFIG, verbose=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run, shared by the tests that compare against it."""
+    workdir = tmp_path_factory.mktemp("reference")
+    result = _fit(make_task(), workdir)
+    return workdir, result
+
+
+def test_fit_learns_and_writes_metrics_summaries_plot_and_checkpoints(reference):
+    workdir, result = reference
+    with open(workdir / "metrics.json") as handle:
+        metrics = json.load(handle)
+    assert metrics["config"] == CONFIG
+    assert metrics["epochs"] == result.history
+    assert [record["epoch"] for record in result.history] == [1, 2, 3]
+    for record in result.history:
+        assert set(record) == {
+            "epoch",
+            "train_loss",
+            "train_accuracy",
+            "test_loss",
+            "test_accuracy",
+            "seconds",
+        }
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.history[-1]["test_accuracy"] > 0.6  # chance is 1/3
+    assert (workdir / "curves.png").stat().st_size > 1000
+    assert any(name.startswith("events.out") for name in os.listdir(workdir / "tensorboard"))
+    assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-12")
+    # Evaluation reproduces the recorded test accuracy from the returned model.
+    inputs, labels = _synthetic_examples()
+    predictions = np.argmax(result.model(inputs), axis=-1)
+    assert np.mean(predictions == labels) == pytest.approx(result.history[-1]["test_accuracy"])
+
+
+def test_interrupted_run_resumes_to_the_same_weights_and_metrics(reference, tmp_path):
+    _, uninterrupted = reference
+
+    def interrupt_in_epoch_2(epoch, skip, batches):
+        # Three batches of epoch 2 (steps 5-7), then the input pipeline fails. The checkpoint
+        # of step 6 is the last one; step 7 is lost and must be redone identically.
+        if epoch != 1:
+            return batches
+        failing = batches.take(1).map(
+            lambda x, y: (tf.debugging.check_numerics(x * np.nan, "interrupted"), y)
+        )
+        return batches.take(3).concatenate(failing)
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match="interrupted"):
+        _fit(make_task(corrupt=interrupt_in_epoch_2), tmp_path)
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-6")
+    resumed = _fit(make_task(), tmp_path)
+    assert resumed.resumed_from_step == 6
+    assert _without_seconds(resumed.history) == _without_seconds(uninterrupted.history)
+    for got, expected in zip(
+        resumed.model.get_weights(), uninterrupted.model.get_weights(), strict=True
+    ):
+        np.testing.assert_array_equal(got, expected)
+    # A finished run re-run trains nothing and keeps its history.
+    again = _fit(make_task(), tmp_path)
+    assert again.resumed_from_step == 3 * STEPS_PER_EPOCH
+    assert again.history == resumed.history
+    # The same workdir with another configuration is refused before anything is built.
+    with pytest.raises(UsageError, match=r"another configuration \(epochs: 3 -> 4\)"):
+        training.fit(make_task(), str(tmp_path), {**CONFIG, "epochs": 4}, verbose=False)
+
+
+def test_nan_loss_stops_with_one_line_error_and_keeps_last_good_checkpoint(tmp_path):
+    def nan_in_step_6(epoch, skip, batches):
+        if epoch != 1:
+            return batches
+        poisoned = batches.skip(1).take(1).map(lambda x, y: (x * np.nan, y))
+        return batches.take(1).concatenate(poisoned).concatenate(batches.skip(2))
+
+    with pytest.raises(training.TrainingDiverged) as error:
+        _fit(make_task(corrupt=nan_in_step_6), tmp_path)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("loss became nan at step 6 (epoch 2, batch 2)")
+    assert "ckpt-4" in message  # the epoch-1 checkpoint; step 6 was never saved
+    latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
+    assert latest.endswith("ckpt-4")
+    for name, _ in tf.train.list_variables(latest):
+        if "model_variables" in name:
+            assert np.all(np.isfinite(tf.train.load_variable(latest, name)))
+
+
+def test_mirrored_strategy_gives_the_single_device_result(reference, tmp_path):
+    # The distributed code path (MirroredVariables, cross-replica reduce) on one CPU replica.
+    _, single_device = reference
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    mirrored = _fit(make_task(), tmp_path, strategy=strategy, checkpoint_every=100)
+    for got, expected in zip(
+        mirrored.model.get_weights(), single_device.model.get_weights(), strict=True
+    ):
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(
+        [r["train_loss"] for r in mirrored.history],
+        [r["train_loss"] for r in single_device.history],
+        atol=1e-5,
+    )

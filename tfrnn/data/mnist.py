@@ -1,0 +1,237 @@
+"""MNIST (and other 28x28 grayscale sets) as tf.data pipelines, from TFDS or a folder of IDX files.
+
+Two sources give the same thing, a cached ``tf.data.Dataset`` of ``(image, label)`` pairs
+with ``image`` uint8 (28, 28) and ``label`` int32 in [0, 10):
+
+* :func:`load` with ``data_dir=None`` reads a tensorflow-datasets set (``mnist`` by default,
+  or ``fashion_mnist``, ``kmnist``...), downloading it on a machine that can;
+* :func:`load` with ``data_dir=DIR`` reads the four IDX files in ``DIR`` (``.gz`` or not), the
+  way TF1's ``input_data.read_data_sets("MNIST_data/")`` read a local folder.
+
+:func:`train_batches` and :func:`test_batches` turn a split into float32 batches scaled to
+[0, 1] (pixel / 255), the input contract of the MNIST model and of its serving signature. The
+training order of an epoch depends only on ``(seed, epoch)``, and a pipeline can start after
+the batches a previous run already trained on: that is what makes resuming exact.
+
+Bad data gives a :class:`tfrnn.cli.UsageError` naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import struct
+import zlib
+
+import numpy as np
+import tensorflow as tf
+
+from tfrnn.cli import UsageError
+
+IMAGE_SIZE = 28
+NUM_CLASSES = 10
+# IDX magic numbers: 0x0000 0803 (uint8, 3 dims) for images, 0x0000 0801 (uint8, 1 dim) for labels.
+IMAGES_MAGIC = 2051
+LABELS_MAGIC = 2049
+# The file names of the published MNIST, without ".gz"; TF1's reader looked for the same.
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split: ``examples`` yields (uint8 (28, 28), int32 ()) pairs, cached in memory."""
+
+    examples: tf.data.Dataset
+    num_examples: int
+
+
+@dataclasses.dataclass(frozen=True)
+class MnistData:
+    train: Split
+    test: Split
+    source: str  # what was read, for logs: "tfds:mnist" or the folder
+
+
+def read_idx(path: str, magic: int) -> np.ndarray:
+    """Reads one IDX file (gzip-compressed when ``path`` ends in ``.gz``) into a uint8 array.
+
+    IDX: a big-endian int32 magic number (0x0803 for 3-D uint8, 0x0801 for 1-D uint8), one
+    big-endian int32 per dimension, then the uint8 data in row-major order.
+    """
+    try:
+        if path.endswith(".gz"):
+            with gzip.open(path, "rb") as handle:
+                content = handle.read()
+        else:
+            with open(path, "rb") as handle:
+                content = handle.read()
+    except EOFError:
+        raise UsageError(f"{path}: truncated gzip file") from None
+    except (gzip.BadGzipFile, zlib.error) as error:
+        raise UsageError(f"{path}: not a valid gzip file ({error})") from None
+    except OSError as error:
+        raise UsageError(f"{path}: cannot read ({error.strerror or error})") from None
+    if len(content) < 4:
+        raise UsageError(f"{path}: truncated: {len(content)} bytes, not even an IDX header")
+    (found_magic,) = struct.unpack(">i", content[:4])
+    if found_magic != magic:
+        raise UsageError(f"{path}: wrong magic number {found_magic}, expected {magic}")
+    num_dims = magic & 0xFF
+    header_size = 4 + 4 * num_dims
+    if len(content) < header_size:
+        raise UsageError(f"{path}: truncated IDX header")
+    shape = struct.unpack(f">{num_dims}i", content[4:header_size])
+    expected = int(np.prod(shape))
+    found = len(content) - header_size
+    if found < expected:
+        raise UsageError(
+            f"{path}: truncated: header gives shape {shape} ({expected} bytes), file has {found}"
+        )
+    if found > expected:
+        raise UsageError(f"{path}: {found - expected} bytes after the data of shape {shape}")
+    return np.frombuffer(content, dtype=np.uint8, offset=header_size).reshape(shape)
+
+
+def write_idx(path: str, array: np.ndarray) -> None:
+    """Writes a uint8 array as an IDX file (gzip-compressed when ``path`` ends in ``.gz``);
+    the inverse of :func:`read_idx`, for making subsets and test data."""
+    array = np.asarray(array, dtype=np.uint8)
+    header = struct.pack(f">i{array.ndim}i", 0x0800 | array.ndim, *array.shape)
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "wb") as handle:
+        handle.write(header + array.tobytes())
+
+
+def _find_idx_file(data_dir: str, name: str) -> str:
+    for candidate in (name, name + ".gz"):
+        path = os.path.join(data_dir, candidate)
+        if os.path.isfile(path):
+            return path
+    raise UsageError(f"{data_dir}: missing {name}.gz (or {name})")
+
+
+def read_idx_split(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (n, 28, 28) uint8 and labels (n,) int32 of ``split`` ("train" or "test")."""
+    images_name, labels_name = IDX_FILES[split]
+    images_path = _find_idx_file(data_dir, images_name)
+    labels_path = _find_idx_file(data_dir, labels_name)
+    images = read_idx(images_path, IMAGES_MAGIC)
+    labels = read_idx(labels_path, LABELS_MAGIC)
+    if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise UsageError(f"{images_path}: images are {images.shape[1:]}, expected (28, 28)")
+    if len(images) != len(labels):
+        raise UsageError(
+            f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels"
+        )
+    if len(labels) and labels.max() >= NUM_CLASSES:
+        raise UsageError(f"{labels_path}: label {labels.max()} out of range 0-9")
+    return images, labels.astype(np.int32)
+
+
+def _count(dataset: tf.data.Dataset) -> int:
+    cardinality = int(dataset.cardinality())
+    if cardinality >= 0:
+        return cardinality
+    return int(dataset.reduce(np.int64(0), lambda count, _: count + 1))
+
+
+def _load_tfds_split(name: str, split: str) -> tf.data.Dataset:
+    import tensorflow_datasets as tfds
+
+    try:
+        dataset = tfds.load(name, split=split, as_supervised=True, shuffle_files=False)
+    except Exception as error:  # noqa: BLE001 - TFDS raises many kinds; the user needs one line
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise UsageError(
+            f"cannot load TFDS dataset {name!r} ({type(error).__name__}: {first_line}); "
+            "pass --data_dir DIR with the four MNIST IDX files to read a local copy"
+        ) from None
+    image_spec, _ = dataset.element_spec
+    if tuple(image_spec.shape) != (IMAGE_SIZE, IMAGE_SIZE, 1) or image_spec.dtype != tf.uint8:
+        raise UsageError(
+            f"TFDS dataset {name!r} has images {tuple(image_spec.shape)} {image_spec.dtype.name};"
+            " need 28x28x1 uint8 (mnist, fashion_mnist, kmnist)"
+        )
+    return dataset.map(
+        lambda image, label: (tf.squeeze(image, axis=-1), tf.cast(label, tf.int32)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+
+
+def load(dataset: str = "mnist", data_dir: str | None = None, validation_size: int = 0):
+    """Loads the train and test splits.
+
+    Args:
+      dataset: a TFDS dataset of 28x28x1 uint8 images with 10 classes (ignored with data_dir).
+      data_dir: a folder with the four IDX files; None reads ``dataset`` from TFDS.
+      validation_size: hold out the LAST this many training examples, as TF1's
+        ``read_data_sets`` held out 5,000 (it kept them as a validation split; here they are
+        only left out, so that a preset trains on the same 55,000 images).
+
+    Returns:
+      :class:`MnistData`, each split cached in memory.
+    """
+    if data_dir is not None:
+        if not os.path.isdir(data_dir):
+            raise UsageError(f"{data_dir}: no such folder (expected the four MNIST IDX files)")
+        splits = {}
+        for split in IDX_FILES:
+            images, labels = read_idx_split(data_dir, split)
+            splits[split] = tf.data.Dataset.from_tensor_slices((images, labels))
+        source = data_dir
+    else:
+        splits = {split: _load_tfds_split(dataset, split) for split in IDX_FILES}
+        source = f"tfds:{dataset}"
+    train = splits["train"].cache()
+    num_train = _count(train)
+    if not 0 <= validation_size < num_train:
+        raise UsageError(f"--validation_size must be in [0, {num_train}), got {validation_size}")
+    if validation_size:
+        num_train -= validation_size
+        train = train.take(num_train)
+    test = splits["test"].cache()
+    return MnistData(Split(train, num_train), Split(test, _count(test)), source)
+
+
+def epoch_shuffle_seed(seed: int, epoch: int) -> int:
+    """The shuffle seed of one epoch: a function of (seed, epoch) only, so a resumed run
+    replays the same order."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def _to_model_input(images, labels):
+    return tf.cast(images, tf.float32) / 255.0, labels
+
+
+def train_batches(
+    split: Split, batch_size: int, epoch: int, seed: int, skip_batches: int = 0
+) -> tf.data.Dataset:
+    """One epoch of shuffled training batches, from batch ``skip_batches`` on.
+
+    Yields (images float32 (batch_size, 28, 28) in [0, 1], labels int32 (batch_size,)). The
+    last incomplete batch is dropped (every step then averages over the same global batch;
+    the next epoch's shuffle uses those examples). The shuffle buffer holds the whole split,
+    so the order is a uniform permutation that depends on (seed, epoch) only.
+    """
+    dataset = split.examples.shuffle(
+        split.num_examples,
+        seed=epoch_shuffle_seed(seed, epoch),
+        reshuffle_each_iteration=False,
+    )
+    dataset = dataset.batch(batch_size, drop_remainder=True).skip(skip_batches)
+    return dataset.map(_to_model_input).prefetch(tf.data.AUTOTUNE)
+
+
+def test_batches(split: Split, batch_size: int, limit: int | None = None) -> tf.data.Dataset:
+    """The first ``limit`` (default all) examples in file order, in batches, the last one
+    possibly smaller; same element format as :func:`train_batches`."""
+    dataset = split.examples if limit is None else split.examples.take(limit)
+    return dataset.batch(batch_size).map(_to_model_input).prefetch(tf.data.AUTOTUNE)
+
+
+def steps_per_epoch(split: Split, batch_size: int) -> int:
+    return split.num_examples // batch_size

@@ -1,0 +1,65 @@
+"""MNIST row by row with an LSTM: ``python -m tfrnn.experiments.mnist --epochs 11``.
+
+Every field of :class:`tfrnn.mnist_model.Config` is a flag; ``--preset C1|C2|C3`` starts from
+a tutorial's configuration instead of the default one, and any other flag overrides it.
+Re-running the same command after an interruption resumes from the last checkpoint in
+``--workdir``. Examples::
+
+    python -m tfrnn.experiments.mnist --epochs 11 --data_dir ../shared/datasets/mnist
+    python -m tfrnn.experiments.mnist --preset C2 --workdir runs/mnist_c2
+    python -m tfrnn.experiments.mnist --dataset fashion_mnist --cell simple
+"""
+
+import dataclasses
+import typing
+
+from absl import flags, logging
+
+# cli before mnist_model: it quiets TensorFlow's start-up, which mnist_model imports.
+from tfrnn import cli, mnist_model
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string(
+    "preset", None, f"start from a tutorial's run: {', '.join(mnist_model.PRESETS)}"
+)
+flags.DEFINE_string("workdir", "runs/mnist", "checkpoints, metrics, plots and the exported model")
+flags.DEFINE_integer("checkpoint_every", 200, "checkpoint every this many steps (and each epoch)")
+
+
+def _define_config_flags():
+    # One flag per Config field, default None: "not given" keeps the preset's value.
+    hints = typing.get_type_hints(mnist_model.Config)
+    for field in dataclasses.fields(mnist_model.Config):
+        kind = hints[field.name]
+        help_text = f"{field.metadata['help']} (default {field.default!r})"
+        if kind is bool:
+            flags.DEFINE_boolean(field.name, None, help_text)
+        elif kind is int:
+            flags.DEFINE_integer(field.name, None, help_text)
+        elif kind is float:
+            flags.DEFINE_float(field.name, None, help_text)
+        else:
+            flags.DEFINE_string(field.name, None, help_text)
+
+
+_define_config_flags()
+
+
+def main(argv):
+    if not FLAGS["verbosity"].present:
+        # TensorFlow logs every checkpoint and export at INFO; --verbosity=0 shows them again.
+        logging.set_verbosity(logging.WARNING)
+    if len(argv) > 1:
+        raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    overrides = {
+        field.name: FLAGS[field.name].value for field in dataclasses.fields(mnist_model.Config)
+    }
+    config = mnist_model.config_for(FLAGS.preset, **overrides)
+    title = f"MNIST rows, preset {FLAGS.preset.upper()}" if FLAGS.preset else "MNIST rows"
+    mnist_model.train_and_evaluate(
+        config, FLAGS.workdir, checkpoint_every=FLAGS.checkpoint_every, title=title
+    )
+
+
+if __name__ == "__main__":
+    cli.run(main)
