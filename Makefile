@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Keep TensorFlow's CUDA/cuInit start-up chatter out of the output; 0 shows it again.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: test lint echo-deps echo-styles
+.PHONY: test lint echo-deps echo-styles mnist
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,3 +28,9 @@ echo-deps: $(VENV)/.installed
 # TF-style n and 2n against true truncated BPTT n; table and plot to experiments/echo_deps/.
 echo-styles: $(VENV)/.installed
 	$(PY) -m tfrnn.experiments.echo_deps --suite styles
+
+# MNIST row by row, 11 epochs: reads ../shared/datasets/mnist when it exists, else MNIST from
+# tensorflow-datasets. More flags: make mnist MNIST_FLAGS="--preset C1 --workdir runs/c1".
+MNIST_DATA := $(wildcard ../shared/datasets/mnist)
+mnist: $(VENV)/.installed
+	$(PY) -m tfrnn.experiments.mnist --epochs 11 $(if $(MNIST_DATA),--data_dir $(MNIST_DATA)) $(MNIST_FLAGS)
