@@ -172,6 +172,11 @@ def _step_inputs(kind, batch=2, **changes):
             r"h must have one row per symbol; got 3 rows for 2 symbols",
         ),
         ("step", lambda kind: _step_inputs(kind, batch=0), r"symbols is empty"),
+        (
+            "step",
+            lambda kind: _step_inputs(kind, symbols=np.int32(1)),
+            r"symbols must have shape \[batch\] \(one symbol per stream\); got \[\]",
+        ),
     ],
     ids=[
         "rank",
@@ -182,6 +187,7 @@ def _step_inputs(kind, batch=2, **changes):
         "state_width",
         "state_batch",
         "step_empty",
+        "step_scalar",
     ],
 )
 def test_wrong_inputs_fail_at_the_signature(echo, signature, make_inputs, message):

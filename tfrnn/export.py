@@ -38,6 +38,7 @@ the Keras model before the version is put in place.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -106,13 +107,17 @@ def task_of(model: keras.Model) -> str:
 
 
 def _assert_in_order(checks) -> tf.Operation:
-    """Assert ops for ``checks`` [(condition, message data)], each run after the previous.
+    """Assert ops for ``checks``, each computed and run only after the previous one passed.
 
-    In order, so that a request that is wrong in two ways gets the first message always.
+    ``checks`` are functions that return ``(condition, message data)``. Each is called under
+    a control dependency on the previous assert, so that a check may assume what the earlier
+    ones established: a reduction over the axes the signature declares must not run on a
+    tensor of another rank before the shape check has refused it.
     """
     previous = []
-    for condition, data in checks:
+    for check in checks:
         with tf.control_dependencies(previous):
+            condition, data = check()
             previous = [tf.debugging.Assert(condition, data, summarize=8)]
     return previous[0]
 
@@ -136,6 +141,19 @@ def _shape_check(tensor, name: str, expected: tuple, described: str):
     return tf.reduce_all(tf.stack(conditions)), [message, shape_text]
 
 
+def _in_range(tensor, name: str, low, high, described: str):
+    """(condition, data) that every value of ``tensor`` lies in [low, high]."""
+    return (
+        tf.reduce_all((tensor >= low) & (tensor <= high)),
+        [
+            f"{name} must be {described}; got values from",
+            tf.reduce_min(tensor),
+            "to",
+            tf.reduce_max(tensor),
+        ],
+    )
+
+
 def _after(checks, *tensors):
     """``tensors`` that depend on the assert ops of ``checks``, so nothing runs before them."""
     with tf.control_dependencies([_assert_in_order(checks)]):
@@ -152,17 +170,11 @@ def mnist_archive(model: keras.Model) -> keras.export.ExportArchive:
     def serve(rows):
         (rows,) = _after(
             [
-                _shape_check(rows, "rows", (None, IMAGE_SIZE, IMAGE_SIZE), "[batch, 28, 28]"),
-                (tf.size(rows) > 0, ["rows is an empty batch: send at least one image"]),
-                (
-                    tf.reduce_all((rows >= 0.0) & (rows <= 1.0)),
-                    [
-                        "rows must be pixels scaled to [0, 1] (pixel / 255); got values from",
-                        tf.reduce_min(rows),
-                        "to",
-                        tf.reduce_max(rows),
-                    ],
+                lambda: _shape_check(
+                    rows, "rows", (None, IMAGE_SIZE, IMAGE_SIZE), "[batch, 28, 28]"
                 ),
+                lambda: (tf.size(rows) > 0, ["rows is an empty batch: send at least one image"]),
+                lambda: _in_range(rows, "rows", 0.0, 1.0, "pixels scaled to [0, 1] (pixel / 255)"),
             ],
             rows,
         )
@@ -215,23 +227,23 @@ def echo_archive(model: keras.Model) -> keras.export.ExportArchive:
     archive = keras.export.ExportArchive()
     archive.track(stream_model)
 
-    def symbol_checks(symbols):
-        return (
-            tf.reduce_all((symbols >= 0) & (symbols < NUM_CLASSES)),
-            [
-                "symbols must be 0 or 1; got values from",
-                tf.reduce_min(symbols),
-                "to",
-                tf.reduce_max(symbols),
-            ],
-        )
+    def symbol_range(symbols):
+        return _in_range(symbols, "symbols", 0, NUM_CLASSES - 1, "0 or 1")
+
+    def one_row_per_symbol(state, name, symbols):
+        rows, streams = tf.shape(state)[0], tf.shape(symbols)[0]
+        message = [f"{name} must have one row per symbol; got", rows, "rows for", streams]
+        return tf.equal(rows, streams), [*message, "symbols"]
 
     def serve(symbols):
         (symbols,) = _after(
             [
-                _shape_check(symbols, "symbols", (None, None), "[batch, time]"),
-                (tf.size(symbols) > 0, ["symbols is empty: send at least one step of one series"]),
-                symbol_checks(symbols),
+                lambda: _shape_check(symbols, "symbols", (None, None), "[batch, time]"),
+                lambda: (
+                    tf.size(symbols) > 0,
+                    ["symbols is empty: send at least one step of one series"],
+                ),
+                lambda: symbol_range(symbols),
             ],
             symbols,
         )
@@ -244,24 +256,14 @@ def echo_archive(model: keras.Model) -> keras.export.ExportArchive:
 
     def step(symbols, states):
         checks = [
-            _shape_check(symbols, "symbols", (None,), "[batch] (one symbol per stream)"),
-            (tf.size(symbols) > 0, ["symbols is empty: send at least one stream"]),
+            lambda: _shape_check(symbols, "symbols", (None,), "[batch] (one symbol per stream)"),
+            lambda: (tf.size(symbols) > 0, ["symbols is empty: send at least one stream"]),
         ]
         for name, state in zip(names, states, strict=True):
-            checks.append(_shape_check(state, name, (None, state_size), f"[batch, {state_size}]"))
-            checks.append(
-                (
-                    tf.equal(tf.shape(state)[0], tf.shape(symbols)[0]),
-                    [
-                        f"{name} must have one row per symbol; got",
-                        tf.shape(state)[0],
-                        "rows for",
-                        tf.shape(symbols)[0],
-                        "symbols",
-                    ],
-                )
-            )
-        checks.append(symbol_checks(symbols))
+            shape = f"[batch, {state_size}]"
+            checks.append(functools.partial(_shape_check, state, name, (None, state_size), shape))
+            checks.append(functools.partial(one_row_per_symbol, state, name, symbols))
+        checks.append(lambda: symbol_range(symbols))
         symbols, *states = _after(checks, symbols, *states)
         logits, *new_states = stream_model([symbols[:, None], *states], training=False)
         return {
