@@ -296,19 +296,25 @@ def echo_archive(model: keras.Model) -> keras.export.ExportArchive:
     return archive
 
 
-def example_inputs(task: str, state_size: int | None = None) -> dict[str, dict[str, np.ndarray]]:
-    """A small valid request for each signature: {signature: {input name: batch array}}."""
+def example_inputs(task: str, declared: dict) -> dict[str, dict[str, np.ndarray]]:
+    """A small valid request for each signature: {signature: {input name: batch array}}.
+
+    ``declared`` is :func:`signatures` of the export: the echo ``step`` example holds a zero
+    state for every state input the signature declares.
+    """
     if task == "mnist":
         # A vertical stroke, roughly a handwritten 1.
         image = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float32)
         image[4:24, 13:15] = 1.0
         return {DEFAULT_SIGNATURE: {"rows": image[None]}}
+    states = {
+        name: np.zeros((1, info["shape"][1]), np.float32)
+        for name, info in declared[STEP_SIGNATURE]["inputs"].items()
+        if name != "symbols"
+    }
     return {
         DEFAULT_SIGNATURE: {"symbols": np.array([EXAMPLE_SYMBOLS], np.int32)},
-        STEP_SIGNATURE: {
-            "symbols": np.array([EXAMPLE_SYMBOLS[0]], np.int32),
-            **{name: np.zeros((1, state_size), np.float32) for name in STATE_NAMES},
-        },
+        STEP_SIGNATURE: {"symbols": np.array([EXAMPLE_SYMBOLS[0]], np.int32), **states},
     }
 
 
@@ -516,12 +522,7 @@ def export_workdir(workdir: str, export_dir: str, version: int | None = None) ->
             f"{version_dir} already exists and exports never overwrite; leave out --version to "
             f"take the next free one ({existing[-1] + 1 if existing else 1})"
         )
-    if task == "mnist":
-        archive, state_size = mnist_archive(model), None
-    else:
-        archive = echo_archive(model)
-        state_size = model.get_layer("rnn").cell.units
-    examples = example_inputs(task, state_size)
+    archive = mnist_archive(model) if task == "mnist" else echo_archive(model)
     os.makedirs(export_dir, exist_ok=True)
     # A hidden, non-numeric folder: TF Serving ignores it until the rename below.
     staging = tempfile.mkdtemp(prefix=".export-", dir=export_dir)
@@ -529,14 +530,9 @@ def export_workdir(workdir: str, export_dir: str, version: int | None = None) ->
         archive.write_out(staging, verbose=False)
         check_portable(staging)
         described = signatures(staging)
+        examples = example_inputs(task, described)
         answers = {}
         for signature, inputs in examples.items():
-            inputs = {
-                name: value
-                for name, value in inputs.items()
-                if name in described[signature]["inputs"]
-            }
-            examples[signature] = inputs
             answers[signature] = run_like_tf_serving(staging, signature, inputs)
             expected = keras_reference(task, model, signature, inputs)
             for name, value in expected.items():
