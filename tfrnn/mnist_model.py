@@ -255,6 +255,9 @@ def train_and_evaluate(
     accuracy on all test images and on the first 128 (tutorial C2's measure).
     """
     validate(config)
+    if config.data_dir:
+        # The same folder named from another directory is the same run (resume compares configs).
+        config = dataclasses.replace(config, data_dir=os.path.abspath(config.data_dir))
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     data = mnist_data.load(config.dataset, config.data_dir, config.validation_size)
