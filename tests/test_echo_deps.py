@@ -67,8 +67,9 @@ def test_canonical_suite_writes_summary(tmp_path, monkeypatch, capsys):
         "final_loss",
         "expected_loss",
         "seconds_per_epoch",
+        "last_epoch_loss",
     }
-    # Windows of 2 or 3 steps reach no lag: the reachable loss is the marginal's.
+    # Windows of 2 or 3 steps reach no lag: the tutorial expects the marginal's loss.
     assert summary[0]["expected_loss"] == pytest.approx(expected_losses()["nothing"])
     assert (tmp_path / "summary.png").exists()
     assert "| 3 | 4 | concat | stateful | 1 |" in capsys.readouterr().out
@@ -77,7 +78,13 @@ def test_canonical_suite_writes_summary(tmp_path, monkeypatch, capsys):
 def test_styles_suite_writes_table_and_plot(tmp_path):
     base = dataclasses.replace(SMALL, series_length=40_000, jit_compile=False)
     records = echo_train.run_styles(
-        base, str(tmp_path / "runs"), str(tmp_path / "out"), steps=(1,), epochs=1, verbose=0
+        base,
+        str(tmp_path / "runs"),
+        str(tmp_path / "out"),
+        steps=(1,),
+        state_sizes=(2,),
+        epochs=1,
+        verbose=0,
     )
     assert [(r["num_steps"], r["mode"]) for r in records] == [
         (1, "explicit"),
@@ -85,8 +92,8 @@ def test_styles_suite_writes_table_and_plot(tmp_path):
         (1, "true"),
     ]
     table = (tmp_path / "out" / "styles.md").read_text()
-    assert table.splitlines()[2].startswith("| 1 | ")
-    assert (tmp_path / "out" / "styles.png").exists()
+    assert table.splitlines()[2].startswith("| 2 | 1 | ")
+    assert (tmp_path / "out" / "styles_state2.png").exists()
     assert len(json.loads((tmp_path / "out" / "styles.json").read_text())) == 3
 
 
