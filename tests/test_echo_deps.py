@@ -112,11 +112,15 @@ def fresh_flags():
         ("--cell=gru", "error: --cell must be one of simple, lstm, concat, got 'gru'"),
         ("--mode=tf1", "error: --mode must be one of stateful, explicit, true, got 'tf1'"),
         ("--suite=all", "error: --suite must be one of none, canonical, styles, got 'all'"),
+        (
+            "--suite=styles --num_steps=4",
+            "error: --num_steps is set by --suite styles; leave it out",
+        ),
     ],
 )
 def test_bad_flags_give_one_line_errors(argument, message, fresh_flags, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
-        cli.run(echo_deps.main, argv=["echo_deps", argument, f"--workdir={tmp_path}"])
+        cli.run(echo_deps.main, argv=["echo_deps", *argument.split(), f"--workdir={tmp_path}"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == message + "\n"
     assert not os.listdir(tmp_path)  # nothing was started

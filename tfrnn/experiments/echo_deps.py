@@ -77,6 +77,10 @@ def main(argv):
         seed=FLAGS.seed,
         series_length=FLAGS.series_length,
     )
+    if FLAGS.suite != "none":
+        for name in ("num_steps", "state_size"):
+            if FLAGS[name].present:
+                raise cli.UsageError(f"--{name} is set by --suite {FLAGS.suite}; leave it out")
     if FLAGS.epochs is not None:
         config = echo_train.check_config(config)  # --epochs 0 is an error, not "default"
     if FLAGS.suite == "canonical":
