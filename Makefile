@@ -3,8 +3,6 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# Keep TensorFlow's CUDA/cuInit start-up chatter out of the output; 0 shows it again.
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: test lint echo-deps echo-styles mnist
 

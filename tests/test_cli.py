@@ -1,5 +1,10 @@
 """Tests of tfrnn.cli: a UsageError becomes one line on stderr and exit status 2."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from tfrnn.cli import UsageError, run
@@ -21,3 +26,20 @@ def test_other_errors_are_not_hidden():
 
     with pytest.raises(RuntimeError, match="a bug"):
         run(main, argv=["prog"])
+
+
+def test_importing_cli_first_keeps_tensorflow_start_up_quiet():
+    # The point of the module: a tfrnn command's stderr holds only what tfrnn writes.
+    environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    script = "import tfrnn.cli, tensorflow as tf; print(float(tf.constant(2.0) + 1))"
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+        check=True,
+    )
+    assert result.stdout == "3.0\n"
+    assert result.stderr == ""
