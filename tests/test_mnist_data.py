@@ -152,3 +152,11 @@ def test_tfds_source_with_mock_data():
             mnist_data.load("cifar10")
         with pytest.raises(UsageError, match="cannot load TFDS dataset 'no_such_set'"):
             mnist_data.load("no_such_set")
+
+
+def test_tfds_can_locate_the_mnist_builder_code(tmp_path):
+    # tfds.load reads the builder's code_path before it downloads anything; in
+    # tensorflow-datasets 4.9.10 that needs importlib_resources, an undeclared dependency.
+    # mock_data bypasses this path, so check it directly (no download happens here).
+    builder = tfds.builder("mnist", data_dir=str(tmp_path))
+    assert os.path.basename(str(builder.code_path)) == "mnist.py"
