@@ -130,3 +130,15 @@ def test_concat_cell_trains_inside_compiled_function(jit_compile):
     compiled = tf.function(gradients, jit_compile=jit_compile)(tf.constant(inputs))
     for got, want in zip(compiled, expected, strict=True):
         np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_tutorial_c1_shapes_of_an_lstm_over_mnist_rows():
+    # Tutorials C1/C4: batch 100 of 28 rows of 28 pixels into a 100-unit LSTM gives outputs
+    # (100, 28, 100) and a final state pair of (100, 100) each, whose h is the last output.
+    # TF1 ordered the pair (c, h); Keras returns [h, c].
+    layer = make_rnn("lstm", 100, return_sequences=True, return_state=True)
+    outputs, h, c = layer(np.random.default_rng(2).random((100, 28, 28), dtype="float32"))
+    assert outputs.shape == (100, 28, 100)
+    assert h.shape == c.shape == (100, 100)
+    np.testing.assert_array_equal(h, outputs[:, -1])
+    assert not np.allclose(c, h)
