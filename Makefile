@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test lint echo-deps echo-styles mnist
+.PHONY: test lint echo-deps echo-styles mnist bench
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,3 +32,8 @@ echo-styles: $(VENV)/.installed
 MNIST_DATA := $(wildcard ../shared/datasets/mnist)
 mnist: $(VENV)/.installed
 	$(PY) -m tfrnn.experiments.mnist --epochs 11 $(if $(MNIST_DATA),--data_dir $(MNIST_DATA)) $(MNIST_FLAGS)
+
+# Training and serving speed, side by side with PyTorch when TORCH_PYTHON names a Python with
+# torch (else that column is skipped); table + runs/bench/results.json. BENCH_FLAGS="--rounds 5".
+bench: $(VENV)/.installed
+	$(PY) -m tfrnn.bench $(BENCH_FLAGS)

@@ -1,0 +1,155 @@
+"""Tests of ``make bench`` (tfrnn.bench) and of its PyTorch peer's torch-free parts.
+
+The driver runs on tiny shapes. The PyTorch peer is replaced by a stand-in interpreter (a
+shell script) that prints fixed figures and the arguments it was given: torch is never
+installed in the project's environment, and what is tested here is the driver's side:
+which runs alternate, what shapes the peer is asked for, and the records and ratios.
+"""
+
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from tfrnn import bench, bench_torch
+from tfrnn.cli import UsageError
+from tfrnn.data.echo import epoch_windows
+
+PEER_IMAGES_PER_SECOND = 1000.0
+PEER_EPOCH_SECONDS = 2.0
+
+
+def _interpreter(tmp_path, body: str) -> str:
+    """An executable standing in for TORCH_PYTHON; $1 is the peer script, $2 the workload."""
+    path = tmp_path / "fake_python"
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+@pytest.fixture
+def fake_peer(tmp_path):
+    """(interpreter, file where each call's arguments after the script are appended)."""
+    calls = tmp_path / "peer_calls.txt"
+    interpreter = _interpreter(
+        tmp_path,
+        f'shift\necho "$*" >> {calls}\ncase "$1" in\n'
+        f'  mnist) echo \'{{"images_per_second": {PEER_IMAGES_PER_SECOND}, "threads": 2}}\';;\n'
+        f'  echo) echo \'{{"seconds": {PEER_EPOCH_SECONDS}, "threads": 2}}\';;\n'
+        "esac\n",
+    )
+    return interpreter, calls
+
+
+def test_ratio_is_above_one_when_tfrnn_is_ahead():
+    assert bench.ratio("images/s", 3000.0, 1500.0) == 2.0  # a rate: tfrnn / torch
+    assert bench.ratio("epoch seconds", 0.5, 1.5) == 3.0  # a time: torch / tfrnn
+    assert bench.ratio("latency ms (median)", 4.0, 1.0) == 0.25
+    assert bench.ratio("images/s", 3000.0, None) is None
+
+
+def test_record_takes_medians_over_rounds():
+    record = bench.make_record("w", "images/s", [1.0, 5.0, 3.0], [2.0, 10.0, 4.0], [0.5, 1, 2])
+    assert (record["tfrnn"], record["torch"], record["ratio"]) == (3.0, 4.0, 0.75)
+    assert record["tfrnn_runs"] == [1.0, 5.0, 3.0] and record["load_1min"] == [0.5, 1, 2]
+    alone = bench.make_record("w", "epoch seconds", [2.0])
+    assert (alone["torch"], alone["ratio"], alone["torch_runs"]) == (None, None, None)
+
+
+def test_runs_alternate_with_the_peer_and_records_hold_the_ratios(tmp_path, fake_peer):
+    options = bench.Options(
+        rounds=2,
+        batches=8,
+        batch_size=16,
+        units=8,
+        series_length=100_000,
+        mnist_paths=("default",),
+        echo_configs=((5, 4),),
+        echo_modes=("explicit",),
+        workloads=("mnist", "echo"),
+        output_dir=str(tmp_path / "out"),
+    )
+    interpreter, calls = fake_peer
+    lines = []
+    records = bench.run(options, interpreter, log=lines.append)
+
+    runs = [line.split(":")[1].split()[0:2] for line in lines if line.startswith("round")]
+    assert (
+        runs
+        == [["tfrnn", "MNIST"], ["PyTorch", "MNIST"], ["tfrnn", "echo"], ["PyTorch", "echo"]] * 2
+    )
+    assert bench.SKIP_LINE not in lines
+    with open(tmp_path / "out" / "results.json") as handle:
+        assert json.load(handle) == records
+    by_key = {(r["workload"], r["metric"]): r for r in records}
+    mnist = by_key[("MNIST train, default: RNN(LSTMCell) loop", "images/s")]
+    assert len(mnist["tfrnn_runs"]) == 2 and mnist["tfrnn"] > 0
+    assert mnist["torch"] == PEER_IMAGES_PER_SECOND
+    assert mnist["ratio"] == pytest.approx(mnist["tfrnn"] / PEER_IMAGES_PER_SECOND)
+    echo = by_key[("echo (5, 4) explicit", "epoch seconds")]
+    assert echo["ratio"] == pytest.approx(PEER_EPOCH_SECONDS / echo["tfrnn"])
+    compile_record = by_key[("echo (5, 4) explicit", "first-epoch extra seconds (XLA compile)")]
+    assert compile_record["torch"] is None and compile_record["tfrnn"] >= 0
+    # The peer was asked for the shapes tfrnn ran, between tfrnn's runs.
+    assert (
+        calls.read_text().splitlines()
+        == [
+            "mnist --batches 8 --batch_size 16 --units 8",
+            "echo --num_steps 5 --state_size 4 --length 100000",
+        ]
+        * 2
+    )
+    with open(tmp_path / "out" / "environment.json") as handle:
+        environment = json.load(handle)
+    assert environment["torch_threads"] == [2] and len(environment["load_average_end"]) == 3
+
+
+def test_without_torch_python_the_column_is_skipped(tmp_path):
+    options = bench.Options(
+        units=8, workloads=("serving",), serving_calls=10, output_dir=str(tmp_path)
+    )
+    lines = []
+    records = bench.run(options, None, log=lines.append)
+    assert lines[0] == bench.SKIP_LINE
+    assert {(r["workload"], r["metric"]) for r in records} == {
+        ("serving, batch 1", "latency ms (median)"),
+        ("serving, batch 1", "latency ms (p99)"),
+        ("serving, batch 256", "images/s"),
+    }
+    assert all(r["torch"] is None and r["ratio"] is None for r in records)
+    median, p99 = (r["tfrnn"] for r in records[:2])
+    assert 0 < median <= p99
+    assert os.path.exists(tmp_path / "results.json")
+
+
+def test_a_peer_without_torch_is_a_one_line_error(tmp_path):
+    broken = _interpreter(
+        tmp_path, "echo \"ModuleNotFoundError: No module named 'torch'\" >&2\nexit 1\n"
+    )
+    with pytest.raises(UsageError, match="No module named 'torch'.*TORCH_PYTHON must name"):
+        bench.run_peer(broken, ["echo"])
+
+
+def test_peer_defaults_are_the_reference_shapes():
+    args = bench_torch.parse_args(["mnist"])
+    assert (args.batches, args.batch_size, args.units) == (200, 128, 128)
+    args = bench_torch.parse_args(["echo"])
+    assert (args.num_steps, args.state_size, args.length) == (5, 4, 1_000_000)
+    with pytest.raises(SystemExit):
+        bench_torch.parse_args(["echo", "--num_steps", "0"])
+
+
+def test_peer_echo_series_follows_the_rule_and_has_tfrnns_windows():
+    inputs, targets = bench_torch.echo_rows(200_000)
+    assert inputs.shape == targets.shape == (200, 1000)
+    series_in, series_out = inputs.reshape(-1), targets.reshape(-1)  # rows are contiguous
+    lag3, lag8 = np.roll(series_in, 3), np.roll(series_in, 8)
+    for x3, x8, probability in ((0, 0, 0.5), (1, 0, 1.0), (0, 1, 0.25), (1, 1, 0.75)):
+        chosen = (lag3 == x3) & (lag8 == x8)
+        assert series_out[chosen].mean() == pytest.approx(probability, abs=0.01)
+    # As many windows an epoch as tfrnn's batching of the same length.
+    for num_steps in (5, 10):
+        windows, _ = epoch_windows(series_in, series_out, 200, num_steps)
+        assert inputs.shape[1] // num_steps == len(windows)

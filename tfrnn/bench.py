@@ -1,0 +1,445 @@
+"""``make bench``: how fast tfrnn trains and serves, side by side with PyTorch on the same CPU.
+
+Workloads, on the shapes of the PyTorch reference (``tfrnn/bench_torch.py``):
+
+1. MNIST row LSTM training: 128 units, batch 128, Adam 1e-3, through the project's own loop
+   (:func:`tfrnn.training.fit`: XLA forward/backward, checkpointed, distributed-ready), on
+   random images of the MNIST shape (throughput does not depend on pixel values). Two
+   epochs of ``batches`` steps: the first is the warm-up (tracing, XLA compilation), the
+   second is timed (its ``seconds`` in the history: every step, with the loop's per-step
+   bookkeeping, plus one evaluation batch). One figure per recurrent path tfrnn offers:
+   ``default`` (what ``mnist_model.build_model(Config())`` builds: ``RNN(LSTMCell)``, a
+   while loop), ``unrolled`` (``--unroll``, tutorial C2's static_rnn) and ``keras_lstm``
+   (``keras.layers.LSTM``, what a Keras user writes).
+2. Echo training (:func:`tfrnn.echo_train.train_and_evaluate`, 100 windows per compiled
+   call): seconds of one epoch over a 1,000,000-step series for (num_steps, state) (5, 4)
+   and (10, 16), in the stateful-layer and explicit-state modes. Each run trains two
+   epochs: the second is the epoch time; the first minus the second is the one-off cost of
+   tracing and XLA compilation, reported on its own line (PyTorch has none).
+3. Serving: the exported MNIST signature (:func:`tfrnn.export.mnist_archive`, reloaded with
+   ``tf.saved_model.load``): latency median and p99 for one image, images/s for 256.
+
+With ``TORCH_PYTHON`` naming a Python that has torch, each training workload's PyTorch peer
+runs in the same invocation, alternating with tfrnn's runs, ``--rounds`` times; every
+figure is the median over rounds (the non-default MNIST paths run in the first round only).
+The ratio is > 1 when tfrnn is ahead: tfrnn/torch for a rate (a metric ending in ``/s``),
+torch/tfrnn for a time. Without ``TORCH_PYTHON`` the PyTorch column is skipped (torch and
+ratio null). Writes ``results.json`` (a list of records {workload, metric, tfrnn, torch,
+ratio, ...} with every run's figure and the load average before it) and
+``environment.json`` (CPU, load, thread settings, versions) to ``--output_dir``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import flags, logging
+
+# cli before TensorFlow: it quiets TensorFlow's start-up.
+from tfrnn import cli  # isort: skip
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfrnn import echo_train, export, mnist_model, training
+from tfrnn.data import mnist as mnist_data
+
+PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_torch.py")
+MNIST_PATHS = {
+    "default": "default: RNN(LSTMCell) loop",
+    "unrolled": "RNN(LSTMCell) unrolled",
+    "keras_lstm": "keras.layers.LSTM",
+}
+ECHO_CONFIGS = ((5, 4), (10, 16))
+ECHO_MODES = ("stateful", "explicit")
+WORKLOADS = ("mnist", "echo", "serving")
+SKIP_LINE = (
+    "TORCH_PYTHON is not set: the PyTorch column is skipped (torch and ratio are null); "
+    "set it to a Python with torch, e.g. TORCH_PYTHON=/path/to/venv/bin/python make bench"
+)
+
+
+@dataclasses.dataclass
+class Options:
+    """What to measure. The defaults are the benchmark; tests shrink them."""
+
+    rounds: int = 3
+    batches: int = 200  # timed MNIST steps (after as many warm-up steps)
+    batch_size: int = 128
+    units: int = 128
+    series_length: int = 1_000_000
+    mnist_paths: tuple = tuple(MNIST_PATHS)
+    echo_configs: tuple = ECHO_CONFIGS
+    echo_modes: tuple = ECHO_MODES
+    workloads: tuple = WORKLOADS
+    serving_calls: int = 300  # batch-1 requests timed; a tenth as many of batch 256
+    output_dir: str = "runs/bench"
+
+
+def higher_is_better(metric: str) -> bool:
+    """Rates (``images/s``) are better high; times (seconds, ms) are better low."""
+    return metric.endswith("/s")
+
+
+def ratio(metric: str, tfrnn_value: float | None, torch_value: float | None) -> float | None:
+    """> 1 when tfrnn is ahead: tfrnn/torch for a rate, torch/tfrnn for a time."""
+    if tfrnn_value is None or torch_value is None:
+        return None
+    if higher_is_better(metric):
+        return tfrnn_value / torch_value
+    return torch_value / tfrnn_value
+
+
+def make_record(workload, metric, tfrnn_runs, torch_runs=None, load=None, **extra) -> dict:
+    """One line of results.json: medians over the runs, the ratio, and every run's figure."""
+    tfrnn_value = statistics.median(tfrnn_runs)
+    torch_value = statistics.median(torch_runs) if torch_runs else None
+    return {
+        "workload": workload,
+        "metric": metric,
+        "tfrnn": tfrnn_value,
+        "torch": torch_value,
+        "ratio": ratio(metric, tfrnn_value, torch_value),
+        "tfrnn_runs": list(tfrnn_runs),
+        "torch_runs": list(torch_runs) if torch_runs else None,
+        "load_1min": load,
+        **extra,
+    }
+
+
+def _keras_lstm_model(config: mnist_model.Config) -> keras.Model:
+    # What a Keras user writes: the default model with keras.layers.LSTM as its recurrent layer.
+    size = mnist_data.IMAGE_SIZE
+    images = keras.Input(shape=(size, size), dtype="float32", name="images")
+    rows = keras.layers.Normalization(
+        mean=mnist_model.PIXEL_MEAN, variance=mnist_model.PIXEL_STD**2, name="standardize"
+    )(images)
+    features = keras.layers.LSTM(config.units, name="rnn")(rows)
+    logits = keras.layers.Dense(mnist_data.NUM_CLASSES, name="logits")(features)
+    return keras.Model(images, logits, name="mnist_rows_keras_lstm")
+
+
+def mnist_config(options: Options, path: str) -> mnist_model.Config:
+    """The benchmark's MNIST model: the default one at Adam 1e-3 (constant), batch, units."""
+    return mnist_model.config_for(
+        units=options.units,
+        batch_size=options.batch_size,
+        learning_rate=1e-3,
+        schedule="constant",
+        unroll=path == "unrolled",
+    )
+
+
+def mnist_train_images_per_second(options: Options, path: str) -> float:
+    """Images/s of the second of two epochs of ``options.batches`` steps of training.fit."""
+    config = mnist_config(options, path)
+    rng = np.random.default_rng(0)
+    distinct = min(options.batches, 20)  # a few distinct batches, repeated: small memory
+    size = mnist_data.IMAGE_SIZE
+    images = rng.random((distinct, options.batch_size, size, size), dtype=np.float32)
+    labels = rng.integers(0, mnist_data.NUM_CLASSES, (distinct, options.batch_size))
+    batches = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32))).repeat()
+    build = _keras_lstm_model if path == "keras_lstm" else mnist_model.build_model
+    task = training.Task(
+        make_model=lambda: build(config),
+        make_optimizer=lambda: keras.optimizers.Adam(config.learning_rate),
+        per_example_loss=training.sparse_softmax_cross_entropy,
+        train_batches=lambda epoch, skip: batches.skip(skip),
+        eval_batches=lambda: batches.take(1),
+        steps_per_epoch=options.batches,
+        total_steps=2 * options.batches,
+        global_batch_size=options.batch_size,
+    )
+    keras.utils.set_random_seed(0)
+    with tempfile.TemporaryDirectory(prefix="tfrnn_bench_") as workdir:
+        result = training.fit(
+            task,
+            workdir,
+            {"bench": path, **dataclasses.asdict(config)},
+            checkpoint_every=10**9,  # only the end-of-epoch checkpoints, outside the timing
+            jit_compile=config.jit_compile,
+            verbose=False,
+        )
+    seconds = result.history[1]["seconds"]
+    if seconds <= 0:
+        raise cli.UsageError(f"--batches {options.batches} is too few steps to time")
+    return options.batches * options.batch_size / seconds
+
+
+def echo_epoch_seconds(options: Options, num_steps: int, state_size: int, mode: str):
+    """(seconds of a steady epoch, first epoch's extra seconds: tracing + XLA compile)."""
+    config = echo_train.EchoConfig(
+        num_steps=num_steps,
+        state_size=state_size,
+        mode=mode,
+        epochs=2,
+        series_length=options.series_length,
+    )
+    with tempfile.TemporaryDirectory(prefix="tfrnn_bench_") as workdir:
+        metrics = echo_train.train_and_evaluate(config, workdir, verbose=0)
+    first, steady = metrics["epoch_seconds"][:2]
+    return steady, max(first - steady, 0.0)
+
+
+def serving_figures(options: Options) -> dict:
+    """Latency (ms, median and p99) for one image and images/s for 256, exported signature."""
+    model = mnist_model.build_model(mnist_config(options, "default"))
+    rng = np.random.default_rng(0)
+    size = mnist_data.IMAGE_SIZE
+    with tempfile.TemporaryDirectory(prefix="tfrnn_bench_") as export_dir:
+        export.mnist_archive(model).write_out(export_dir, verbose=False)
+        serve = tf.saved_model.load(export_dir).signatures[export.DEFAULT_SIGNATURE]
+
+        def call_seconds(batch: int, calls: int) -> list[float]:
+            rows = tf.constant(rng.random((batch, size, size), dtype=np.float32))
+            for _ in range(max(calls // 10, 3)):  # warm-up
+                serve(rows=rows)["classes"].numpy()
+            seconds = []
+            for _ in range(calls):
+                start = time.perf_counter()
+                serve(rows=rows)["classes"].numpy()
+                seconds.append(time.perf_counter() - start)
+            return seconds
+
+        single = np.array(call_seconds(1, options.serving_calls)) * 1e3
+        large_calls = max(options.serving_calls // 10, 3)
+        large = call_seconds(256, large_calls)
+    return {
+        "latency_median_ms": float(np.median(single)),
+        "latency_p99_ms": float(np.percentile(single, 99)),
+        "batch256_images_per_second": 256 * large_calls / sum(large),
+    }
+
+
+def run_peer(torch_python: str, arguments: list[str]) -> dict:
+    """Runs ``bench_torch.py arguments`` with ``torch_python``; its JSON result."""
+    command = [torch_python, PEER, *arguments]
+    try:
+        finished = subprocess.run(command, capture_output=True, text=True, check=False)
+    except OSError as error:
+        raise cli.UsageError(f"TORCH_PYTHON={torch_python} cannot be run: {error}") from error
+    if finished.returncode != 0:
+        lines = finished.stderr.strip().splitlines() or ["(no output)"]
+        raise cli.UsageError(
+            f"the PyTorch peer failed ({' '.join(command)}): {lines[-1]}; TORCH_PYTHON must "
+            "name a Python with torch installed"
+        )
+    return json.loads(finished.stdout.strip().splitlines()[-1])
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _format(value) -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+def format_table(records: list[dict]) -> str:
+    """A Markdown table of the records: workload, metric, tfrnn, PyTorch, ratio."""
+    lines = [
+        "| workload | metric | tfrnn | PyTorch | ratio (>1: tfrnn ahead) |",
+        "|---|---|---|---|---|",
+    ]
+    for record in records:
+        ratio_text = "-" if record["ratio"] is None else f"{record['ratio']:.2f}"
+        lines.append(
+            f"| {record['workload']} | {record['metric']} | {_format(record['tfrnn'])} | "
+            f"{_format(record['torch'])} | {ratio_text} |"
+        )
+    return "\n".join(lines)
+
+
+def run(options: Options, torch_python: str | None = None, log=print) -> list[dict]:
+    """Measures ``options.workloads``, writes results.json and environment.json; the records."""
+    if torch_python is None:
+        log(SKIP_LINE)
+    environment = {
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "load_average_start": list(os.getloadavg()),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        # 0: TensorFlow's default, one thread per core.
+        "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "torch_python": torch_python,
+        "options": dataclasses.asdict(options),
+    }
+    mnist_runs = {path: [] for path in options.mnist_paths}
+    mnist_load = {path: [] for path in options.mnist_paths}
+    torch_mnist, echo_runs, echo_compile, echo_load, torch_echo = [], {}, {}, {}, {}
+    peer_threads = set()
+    for round_index in range(options.rounds):
+        prefix = f"round {round_index + 1}/{options.rounds}:"
+        if "mnist" in options.workloads:
+            for path in options.mnist_paths:
+                if path != "default" and round_index > 0:
+                    continue  # the other paths: one run, for comparison with the default
+                mnist_load[path].append(_load())
+                value = mnist_train_images_per_second(options, path)
+                mnist_runs[path].append(value)
+                log(f"{prefix} tfrnn MNIST {MNIST_PATHS[path]}: {value:,.0f} images/s")
+                if path == "default" and torch_python:
+                    result = run_peer(
+                        torch_python,
+                        ["mnist", "--batches", str(options.batches), "--batch_size",
+                         str(options.batch_size), "--units", str(options.units)],
+                    )  # fmt: skip
+                    torch_mnist.append(result["images_per_second"])
+                    peer_threads.add(result["threads"])
+                    log(f"{prefix} PyTorch MNIST: {result['images_per_second']:,.0f} images/s")
+        if "echo" in options.workloads:
+            for num_steps, state_size in options.echo_configs:
+                for mode in options.echo_modes:
+                    key = (num_steps, state_size, mode)
+                    echo_load.setdefault(key, []).append(_load())
+                    seconds, compile_seconds = echo_epoch_seconds(
+                        options, num_steps, state_size, mode
+                    )
+                    echo_runs.setdefault(key, []).append(seconds)
+                    echo_compile.setdefault(key, []).append(compile_seconds)
+                    log(
+                        f"{prefix} tfrnn echo ({num_steps}, {state_size}) {mode}: {seconds:.3f} s"
+                        f" an epoch (+{compile_seconds:.1f} s compile in the first)"
+                    )
+                if torch_python:
+                    result = run_peer(
+                        torch_python,
+                        ["echo", "--num_steps", str(num_steps), "--state_size",
+                         str(state_size), "--length", str(options.series_length)],
+                    )  # fmt: skip
+                    torch_echo.setdefault((num_steps, state_size), []).append(result["seconds"])
+                    peer_threads.add(result["threads"])
+                    log(
+                        f"{prefix} PyTorch echo ({num_steps}, {state_size}): "
+                        f"{result['seconds']:.3f} s an epoch"
+                    )
+    records = []
+    for path, runs in mnist_runs.items():
+        if runs:
+            records.append(
+                make_record(
+                    f"MNIST train, {MNIST_PATHS[path]}",
+                    "images/s",
+                    runs,
+                    torch_mnist,
+                    mnist_load[path],
+                )
+            )
+    for (num_steps, state_size, mode), runs in echo_runs.items():
+        workload = f"echo ({num_steps}, {state_size}) {mode}"
+        load = echo_load[(num_steps, state_size, mode)]
+        records.append(
+            make_record(
+                workload, "epoch seconds", runs, torch_echo.get((num_steps, state_size)), load
+            )
+        )
+        records.append(
+            make_record(
+                workload,
+                "first-epoch extra seconds (XLA compile)",
+                echo_compile[(num_steps, state_size, mode)],
+                load=load,
+            )
+        )
+    if "serving" in options.workloads:
+        load = [_load()]
+        figures = serving_figures(options)
+        log(
+            f"tfrnn serving: batch 1 {figures['latency_median_ms']:.2f} ms median, "
+            f"{figures['latency_p99_ms']:.2f} ms p99; batch 256 "
+            f"{figures['batch256_images_per_second']:,.0f} images/s"
+        )
+        records += [
+            make_record("serving, batch 1", "latency ms (median)", [figures["latency_median_ms"]],
+                        load=load),
+            make_record("serving, batch 1", "latency ms (p99)", [figures["latency_p99_ms"]],
+                        load=load),
+            make_record("serving, batch 256", "images/s",
+                        [figures["batch256_images_per_second"]], load=load),
+        ]  # fmt: skip
+    environment["load_average_end"] = list(os.getloadavg())
+    environment["torch_threads"] = sorted(peer_threads) or None
+    os.makedirs(options.output_dir, exist_ok=True)
+    with open(os.path.join(options.output_dir, "results.json"), "w") as handle:
+        json.dump(records, handle, indent=1)
+    with open(os.path.join(options.output_dir, "environment.json"), "w") as handle:
+        json.dump(environment, handle, indent=1)
+    log(format_table(records))
+    log(
+        f"{environment['cpus']} CPUs ({environment['cpu_model']}), load average "
+        f"{environment['load_average_start'][0]:.2f} at the start, "
+        f"{environment['load_average_end'][0]:.2f} at the end; PyTorch threads "
+        f"{environment['torch_threads']}; results in {options.output_dir}/results.json"
+    )
+    return records
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("rounds", 3, "alternating tfrnn/PyTorch rounds; figures are medians")
+flags.DEFINE_integer("batches", 200, "timed MNIST training steps (after as many warm-up steps)")
+flags.DEFINE_integer("series_length", 1_000_000, "echo series length (steps an epoch)")
+flags.DEFINE_list("workloads", list(WORKLOADS), f"any of {', '.join(WORKLOADS)}")
+flags.DEFINE_list("mnist_paths", list(MNIST_PATHS), f"any of {', '.join(MNIST_PATHS)}")
+flags.DEFINE_string("output_dir", "runs/bench", "where results.json and environment.json go")
+
+
+def main(argv):
+    if not FLAGS["verbosity"].present:
+        # TensorFlow logs every SavedModel asset at INFO; --verbosity=0 shows them again.
+        logging.set_verbosity(logging.WARNING)
+    if len(argv) > 1:
+        raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    for name in ("rounds", "batches"):
+        if FLAGS[name].value <= 0:
+            raise cli.UsageError(f"--{name} must be positive, got {FLAGS[name].value}")
+    for name, allowed in (("workloads", WORKLOADS), ("mnist_paths", MNIST_PATHS)):
+        unknown = sorted(set(FLAGS[name].value) - set(allowed))
+        if unknown:
+            raise cli.UsageError(f"--{name} must be among {', '.join(allowed)}; got {unknown}")
+    options = Options(
+        rounds=FLAGS.rounds,
+        batches=FLAGS.batches,
+        series_length=FLAGS.series_length,
+        workloads=tuple(FLAGS.workloads),
+        mnist_paths=tuple(FLAGS.mnist_paths),
+        output_dir=FLAGS.output_dir,
+    )
+    if "echo" in options.workloads:
+        for num_steps, state_size in options.echo_configs:
+            echo_train.check_config(
+                echo_train.EchoConfig(
+                    num_steps=num_steps, state_size=state_size, series_length=FLAGS.series_length
+                )
+            )
+    run(options, os.environ.get("TORCH_PYTHON") or None)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    cli.run(main)
