@@ -9,6 +9,11 @@ weights) to its workdir, and returns the metrics.
 :func:`run_canonical` runs the tutorial's two configurations and :func:`run_styles` the
 comparison of TF-style and true truncated BPTT; both print a table and write a summary and
 a combined plot.
+
+Every function takes an optional ``tf.distribute`` strategy and runs the same loop under it:
+the batch of streams is split over the replicas as :mod:`tfrnn.tbptt` describes (stream i
+on replica i // (batch / replicas), for the whole epoch), and only the chief of a
+multi-worker cluster writes files. There are no checkpoints: a run restarts from scratch.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfrnn import tbptt
+from tfrnn import distribute, tbptt
 from tfrnn.cells import CELL_KINDS
 from tfrnn.cli import UsageError
 from tfrnn.data.echo import (
@@ -116,7 +121,13 @@ def _write_json(path, content):
     os.replace(temporary, path)
 
 
-def train_and_evaluate(config: EchoConfig, workdir: str, *, verbose: int = 1) -> dict:
+def train_and_evaluate(
+    config: EchoConfig,
+    workdir: str,
+    *,
+    verbose: int = 1,
+    strategy: tf.distribute.Strategy | None = None,
+) -> dict:
     """Trains one configuration and writes its results to ``workdir``.
 
     Returns the metrics also written to ``workdir/metrics.json``: ``config``; ``curve``
@@ -126,16 +137,25 @@ def train_and_evaluate(config: EchoConfig, workdir: str, *, verbose: int = 1) ->
     and ``expected_losses`` (the three reference levels); ``epoch_seconds`` (wall time of
     each epoch's training, the first including compilation); ``seconds_per_epoch`` (median
     of the epochs after the first, or the first if there is only one).
+
+    Under ``strategy`` the batch must split evenly over its replicas; on a worker other than
+    the chief nothing is written.
     """
     check_config(config)
-    os.makedirs(workdir, exist_ok=True)
+    strategy = strategy or tf.distribute.get_strategy()
+    replica_batch_size = distribute.per_replica_batch_size(strategy, config.batch_size)
+    chief = distribute.is_chief(strategy)
+    if chief:
+        os.makedirs(workdir, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
-    model = tbptt.build_training_model(
-        config.mode, config.cell, config.state_size, config.batch_size
-    )
-    optimizer = keras.optimizers.Adagrad(config.learning_rate)
+    with strategy.scope():
+        # A stateful layer holds the state of its replica's rows: its batch is the replica's.
+        model = tbptt.build_training_model(
+            config.mode, config.cell, config.state_size, replica_batch_size
+        )
+        optimizer = keras.optimizers.Adagrad(config.learning_rate)
     run_windows = tbptt.make_window_runner(
-        config.mode, model, optimizer, jit_compile=config.jit_compile
+        config.mode, model, optimizer, strategy=strategy, jit_compile=config.jit_compile
     )
     metrics = {
         "config": dataclasses.asdict(config),
@@ -149,24 +169,28 @@ def train_and_evaluate(config: EchoConfig, workdir: str, *, verbose: int = 1) ->
         inputs, targets = epoch_windows(
             *_series(config, epoch), config.batch_size, config.num_steps
         )
-        # The whole epoch goes to TensorFlow once; runs of 100 windows are slices of it.
-        inputs, targets = tf.constant(inputs), tf.constant(targets)
         num_reports = len(inputs) // REPORT_EVERY
         progress = keras.utils.Progbar(
             num_reports * REPORT_EVERY, verbose=verbose, stateful_metrics=["loss"]
         )
         if verbose:
             print(f"epoch {epoch + 1}/{config.epochs}")
-        carry = tbptt.start_epoch(config.mode, model, config.batch_size, config.num_steps)
+        carry = tbptt.start_epoch(config.mode, model, config.batch_size, config.num_steps, strategy)
         start = time.perf_counter()
         # Windows past the last full 100 are dropped, so every point of the curve is a
         # mean over exactly 100 windows, as in the tutorial.
         for report in range(num_reports):
             window_slice = slice(report * REPORT_EVERY, (report + 1) * REPORT_EVERY)
-            losses, carry = run_windows(inputs[window_slice], targets[window_slice], carry)
+            # Runs of 100 windows, each replica given its own rows (all of them on one device).
+            losses, carry = run_windows(
+                distribute.distribute_rows(strategy, inputs[window_slice], axis=1),
+                distribute.distribute_rows(strategy, targets[window_slice], axis=1),
+                carry,
+            )
             mean_loss = float(tf.reduce_mean(losses))
             if not math.isfinite(mean_loss):
-                _write_json(os.path.join(workdir, "metrics.json"), metrics)
+                if chief:
+                    _write_json(os.path.join(workdir, "metrics.json"), metrics)
                 raise UsageError(
                     f"the loss became {mean_loss} in epoch {epoch + 1}, windows"
                     f" {window_slice.start}-{window_slice.stop}; try a smaller learning rate"
@@ -178,6 +202,8 @@ def train_and_evaluate(config: EchoConfig, workdir: str, *, verbose: int = 1) ->
     metrics["last_epoch_loss"] = float(np.mean(metrics["curve"][-num_reports:]))
     seconds = metrics["epoch_seconds"]
     metrics["seconds_per_epoch"] = statistics.median(seconds[1:] or seconds)
+    if not chief:
+        return metrics
     _save_stateless_model(model, config, os.path.join(workdir, "model.keras"))
     _write_json(os.path.join(workdir, "metrics.json"), metrics)
     plot_curves({config.name: metrics}, os.path.join(workdir, "curve.png"), title=config.name)
@@ -277,11 +303,11 @@ def format_table(records: list[dict]) -> str:
     return "\n".join([header, *rows])
 
 
-def _run_all(configs, root, *, verbose):
+def _run_all(configs, root, *, verbose, strategy):
     records, runs = [], {}
     for config in configs:
         workdir = os.path.join(root, config.name)
-        metrics = train_and_evaluate(config, workdir, verbose=verbose)
+        metrics = train_and_evaluate(config, workdir, verbose=verbose, strategy=strategy)
         records.append(_summary_record(config, metrics))
         runs[config.name] = metrics
     return records, runs
@@ -292,7 +318,9 @@ def _run_all(configs, root, *, verbose):
 CANONICAL = ((5, 4, 2), (10, 16, 10))
 
 
-def run_canonical(base: EchoConfig, root: str, *, epochs: int | None = None, verbose=1):
+def run_canonical(
+    base: EchoConfig, root: str, *, epochs: int | None = None, verbose=1, strategy=None
+):
     """Runs (5, 4) and (10, 16), prints the table, writes summary.json and summary.png.
 
     ``base`` gives cell, mode, seed and series length; ``epochs`` overrides the per-config
@@ -306,7 +334,9 @@ def run_canonical(base: EchoConfig, root: str, *, epochs: int | None = None, ver
         )
         for num_steps, state_size, default in CANONICAL
     ]
-    records, runs = _run_all(configs, root, verbose=verbose)
+    records, runs = _run_all(configs, root, verbose=verbose, strategy=strategy)
+    if not distribute.is_chief(strategy or tf.distribute.get_strategy()):
+        return records
     _write_json(os.path.join(root, "summary.json"), records)
     plot_curves(runs, os.path.join(root, "summary.png"), title="echo dependencies")
     print(format_table(records))
@@ -330,6 +360,7 @@ def run_styles(
     state_sizes: tuple[int, ...] = STYLES_STATE_SIZES,
     epochs: int | None = None,
     verbose=1,
+    strategy=None,
 ):
     """TF-style with n and 2n steps against true truncated BPTT with n, for n in ``steps``.
 
@@ -339,7 +370,9 @@ def run_styles(
     """
     base = dataclasses.replace(base, epochs=epochs or STYLES_EPOCHS)
     records = []
-    os.makedirs(output_dir, exist_ok=True)
+    chief = distribute.is_chief(strategy or tf.distribute.get_strategy())
+    if chief:
+        os.makedirs(output_dir, exist_ok=True)
     for state_size in state_sizes:
         configs = []
         for n in steps:
@@ -350,8 +383,12 @@ def run_styles(
                 ),
                 dataclasses.replace(base, state_size=state_size, num_steps=n, mode="true"),
             ]
-        state_records, runs = _run_all([check_config(c) for c in configs], root, verbose=verbose)
+        state_records, runs = _run_all(
+            [check_config(c) for c in configs], root, verbose=verbose, strategy=strategy
+        )
         records += state_records
+        if not chief:
+            continue
         # One colour per n; the line says the style.
         line_styles = {}
         palette = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
@@ -367,6 +404,8 @@ def run_styles(
             title=f"state {state_size}: TF-style n (dotted), 2n (dashed), true n (solid)",
             styles=line_styles,
         )
+    if not chief:
+        return records
     _write_json(os.path.join(output_dir, "styles.json"), records)
     table = format_styles_table(records)
     with open(os.path.join(output_dir, "styles.md"), "w") as file:

@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfrnn import training
+from tfrnn import distribute, training
 from tfrnn.cells import CELL_KINDS, make_rnn
 from tfrnn.cli import UsageError
 from tfrnn.data import mnist as mnist_data
@@ -252,7 +252,8 @@ def train_and_evaluate(
 
     Writes to ``workdir`` what :func:`tfrnn.training.fit` writes, plus ``model.keras``, the
     SavedModel ``export/`` (``model.export``), and ``final.json`` with the final test
-    accuracy on all test images and on the first 128 (tutorial C2's measure).
+    accuracy on all test images and on the first 128 (tutorial C2's measure). Under a
+    multi-worker ``strategy`` only the chief writes these (see :mod:`tfrnn.distribute`).
     """
     validate(config)
     if config.data_dir:
@@ -298,6 +299,8 @@ def train_and_evaluate(
         title=title,
     )
     model = result.model
+    if not distribute.is_chief(strategy or tf.distribute.get_strategy()):
+        return result  # the chief saves, exports and evaluates the same weights
     model.save(os.path.join(workdir, "model.keras"))
     export_dir = os.path.join(workdir, "export")
     shutil.rmtree(export_dir, ignore_errors=True)

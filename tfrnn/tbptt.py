@@ -2,10 +2,26 @@
 
 Every mode trains on the same batches: (batch, num_steps) windows of ``batch_size``
 streams, where row i of window k+1 continues row i of window k (see
-:mod:`tfrnn.data.echo`). Each training step is a plain function of
-``(model, optimizer, inputs, targets, carry)`` returning ``(loss, carry)``, so a
-``tf.distribute`` strategy can run it per replica; :func:`make_window_runner` loops it over
-many windows inside one compiled ``tf.function``.
+:mod:`tfrnn.data.echo`). Each mode is a plain function of
+``(model, inputs, targets, carry)`` returning ``(loss, gradients, carry)``;
+:func:`make_window_runner` applies the gradients and loops over many windows inside one
+compiled ``tf.function``, under any ``tf.distribute`` strategy.
+
+Across replicas (``--strategy mirrored`` or ``multi_worker``, see :mod:`tfrnn.distribute`).
+The global batch of B streams is split into R contiguous blocks: replica r trains rows
+[r * B / R, (r + 1) * B / R) of every window of the epoch
+(:func:`tfrnn.distribute.distribute_rows`), so stream i always lives on replica
+i // (B / R) and its state never moves. Each replica carries only its own rows' state: in
+``explicit`` and ``true`` mode the carry is a per-replica value of (B / R, ...) tensors; in
+``stateful`` mode the model is built with the per-replica batch B / R and the layer's state
+variable holds, on each replica, that replica's rows (a per-replica copy the strategy
+keeps; :func:`carried_state` gathers the rows back in order, while reading the variable
+outside a replica gives replica 0's rows only). Each replica's gradients are divided by R
+before the optimiser sums them, so the update is the gradient of the mean loss over all B
+rows, as on one device; the reported loss is the mean over replicas. Under the default
+strategy the whole loop (forward, backward and update) is one XLA program; under a real
+strategy the all-reduce inside the update cannot be compiled, so each replica's forward
+and backward pass is one XLA program and the loop and update run as a plain graph.
 
 Modes (the values of ``mode`` everywhere):
 
@@ -44,6 +60,7 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
+from tfrnn import distribute
 from tfrnn.echo_model import build_echo_model
 
 MODES = ("stateful", "explicit", "true")
@@ -56,29 +73,30 @@ def sequence_loss(targets, logits):
     )
 
 
-def _apply(optimizer, model, tape, loss):
-    variables = model.trainable_variables
-    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+def _gradients(model, tape, loss):
+    return tape.gradient(loss, model.trainable_variables)
 
 
-def stateful_layer_step(model, optimizer, inputs, targets, carry=()):
-    """One window in ``stateful`` mode: inputs, targets (batch, num_steps) -> (loss, ())."""
+def stateful_layer_gradients(model, inputs, targets, carry=()):
+    """One window in ``stateful`` mode.
+
+    inputs, targets (batch, num_steps) -> (loss, gradients, ()).
+    """
     with tf.GradientTape() as tape:
         loss = sequence_loss(targets, model(inputs, training=True))
-    _apply(optimizer, model, tape, loss)
-    return loss, carry
+    return loss, _gradients(model, tape, loss), carry
 
 
-def explicit_state_step(model, optimizer, inputs, targets, carry):
+def explicit_state_gradients(model, inputs, targets, carry):
     """One window in ``explicit`` mode; ``carry`` is the list of initial states.
 
-    Returns (loss, final states), the final states cut from the gradient.
+    Returns (loss, gradients, final states), the final states cut from the gradient.
     """
     with tf.GradientTape() as tape:
         logits, *final_states = model([inputs, *carry], training=True)
         loss = sequence_loss(targets, logits)
-    _apply(optimizer, model, tape, loss)
-    return loss, tuple(tf.stop_gradient(state) for state in final_states)
+    carry = tuple(tf.stop_gradient(state) for state in final_states)
+    return loss, _gradients(model, tape, loss), carry
 
 
 class TrueCarry(NamedTuple):
@@ -95,7 +113,7 @@ class TrueCarry(NamedTuple):
     states: tuple
 
 
-def true_tbptt_step(model, optimizer, inputs, targets, carry: TrueCarry):
+def true_tbptt_gradients(model, inputs, targets, carry: TrueCarry):
     """One window in ``true`` mode (see the module docstring for the computation).
 
     Args:
@@ -104,7 +122,7 @@ def true_tbptt_step(model, optimizer, inputs, targets, carry: TrueCarry):
       carry: a :class:`TrueCarry`.
 
     Returns:
-      (loss, new carry).
+      (loss, gradients, new carry).
     """
     batch, num_steps = inputs.shape
     # (batch, 2n - 1): the n - 1 earlier inputs, then the window's n.
@@ -128,7 +146,6 @@ def true_tbptt_step(model, optimizer, inputs, targets, carry: TrueCarry):
         outputs, *final_states = rnn(one_hot, initial_state=start_states, mask=mask, training=True)
         logits = readout(outputs[:, -1])
         loss = sequence_loss(tf.reshape(targets, [-1]), logits)
-    _apply(optimizer, model, tape, loss)
     new_carry = TrueCarry(
         symbols=extended[:, num_steps:],
         real=tf.ones([num_steps - 1], tf.bool),
@@ -136,10 +153,14 @@ def true_tbptt_step(model, optimizer, inputs, targets, carry: TrueCarry):
             tf.reshape(tf.stop_gradient(state), [batch, num_steps, -1]) for state in final_states
         ),
     )
-    return loss, new_carry
+    return loss, _gradients(model, tape, loss), new_carry
 
 
-STEPS = {"stateful": stateful_layer_step, "explicit": explicit_state_step, "true": true_tbptt_step}
+GRADIENTS = {
+    "stateful": stateful_layer_gradients,
+    "explicit": explicit_state_gradients,
+    "true": true_tbptt_gradients,
+}
 
 
 def _check_mode(mode):
@@ -163,20 +184,54 @@ def build_training_model(
     return build_echo_model(kind, state_size, explicit_state=True, unroll=unroll)
 
 
-def start_epoch(mode: str, model: keras.Model, batch_size: int, num_steps: int):
-    """Zero state at the start of an epoch: resets the stateful layer, returns the carry."""
+def start_epoch(
+    mode: str,
+    model: keras.Model,
+    batch_size: int,
+    num_steps: int,
+    strategy: tf.distribute.Strategy | None = None,
+):
+    """Zero state at the start of an epoch: resets the stateful layer, returns the carry.
+
+    ``batch_size`` is the global batch; under ``strategy`` each replica's carry holds its
+    own batch_size / replicas rows.
+    """
     _check_mode(mode)
+    strategy = strategy or tf.distribute.get_strategy()
+    rows = distribute.per_replica_batch_size(strategy, batch_size)
     kind_sizes = _state_widths(model)
     if mode == "stateful":
-        model.get_layer("rnn").reset_state()
+        model.get_layer("rnn").reset_state()  # every replica's copy
         return ()
-    if mode == "explicit":
-        return tuple(tf.zeros([batch_size, size]) for size in kind_sizes)
-    return TrueCarry(
-        symbols=tf.zeros([batch_size, num_steps - 1], tf.int32),
-        real=tf.zeros([num_steps - 1], tf.bool),
-        states=tuple(tf.zeros([batch_size, num_steps, size]) for size in kind_sizes),
-    )
+
+    def zero_carry(context):
+        if mode == "explicit":
+            return tuple(tf.zeros([rows, size]) for size in kind_sizes)
+        return TrueCarry(
+            symbols=tf.zeros([rows, num_steps - 1], tf.int32),
+            real=tf.zeros([num_steps - 1], tf.bool),
+            states=tuple(tf.zeros([rows, num_steps, size]) for size in kind_sizes),
+        )
+
+    return strategy.experimental_distribute_values_from_function(zero_carry)
+
+
+def carried_state(
+    mode: str, model: keras.Model, carry, strategy: tf.distribute.Strategy | None = None
+) -> list[tf.Tensor]:
+    """The state each stream carries into the next window: one (batch, size) tensor per
+    state tensor of the cell, rows in stream order, gathered from every replica."""
+    _check_mode(mode)
+    strategy = strategy or tf.distribute.get_strategy()
+    if mode == "stateful":
+        # Read inside each replica: outside, the variable shows replica 0's rows only.
+        states = model.get_layer("rnn").states
+        carry = strategy.run(lambda: tuple(tf.identity(state.value) for state in states))
+    elif mode == "true":
+        carry = carry.states
+    gathered = [distribute.gather_rows(strategy, state) for state in carry]
+    # In true mode, the newest of the last num_steps states is the current one.
+    return [state[:, -1] if mode == "true" else state for state in gathered]
 
 
 def _state_widths(model) -> list[int]:
@@ -185,23 +240,56 @@ def _state_widths(model) -> list[int]:
     return [int(size) for size in (sizes if isinstance(sizes, (list, tuple)) else [sizes])]
 
 
-def make_window_runner(mode: str, model, optimizer, *, jit_compile: bool = True):
+def make_window_runner(
+    mode: str,
+    model,
+    optimizer,
+    *,
+    strategy: tf.distribute.Strategy | None = None,
+    jit_compile: bool = True,
+):
     """A compiled function that trains on a run of windows and returns each window's loss.
 
     ``run(inputs, targets, carry) -> (losses, carry)``: inputs and targets
-    (num_windows, batch, num_steps) int32, losses (num_windows,). One call replaces
-    num_windows Python-level steps, so the per-window cost is the step's own work.
+    (num_windows, batch, num_steps) int32 (under a strategy, per-replica values from
+    :func:`tfrnn.distribute.distribute_rows` with axis 1), losses (num_windows,), the mean
+    over all rows. One call replaces num_windows Python-level steps, so the per-window cost
+    is the step's own work. ``model`` and ``optimizer`` must be built under ``strategy``'s
+    scope.
     """
     _check_mode(mode)
-    step = STEPS[mode]
+    strategy = strategy or tf.distribute.get_strategy()
+    window_gradients = GRADIENTS[mode]
+    replicas = strategy.num_replicas_in_sync
+    # One device: the whole loop is one XLA program. Several replicas: the gradient
+    # all-reduce in apply_gradients cannot be compiled, so only the forward and backward.
+    compile_whole_loop = distribute.is_default(strategy)
+    if not optimizer.built:
+        # Its slots must exist before the loop: a variable created inside it is not mirrored.
+        with strategy.scope():
+            optimizer.build(model.trainable_variables)
 
-    @tf.function(jit_compile=jit_compile)
+    def replica_gradients(inputs, targets, carry):
+        loss, gradients, carry = window_gradients(model, inputs, targets, carry)
+        if replicas > 1:  # the optimiser sums replicas: each contributes its share of the mean
+            gradients = [gradient / replicas for gradient in gradients]
+        return loss, gradients, carry
+
+    if not compile_whole_loop:
+        replica_gradients = tf.function(replica_gradients, jit_compile=jit_compile)
+
+    def replica_window(inputs, targets, index, carry):
+        loss, gradients, carry = replica_gradients(inputs[index], targets[index], carry)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+        return loss, carry
+
+    @tf.function(jit_compile=jit_compile and compile_whole_loop)
     def run(inputs, targets, carry):
-        num_windows = tf.shape(inputs)[0]
+        num_windows = strategy.experimental_local_results(inputs)[0].shape[0]
         losses = tf.TensorArray(tf.float32, size=num_windows)
         for index in tf.range(num_windows):
-            loss, carry = step(model, optimizer, inputs[index], targets[index], carry)
-            losses = losses.write(index, loss)
+            loss, carry = strategy.run(replica_window, args=(inputs, targets, index, carry))
+            losses = losses.write(index, strategy.reduce("MEAN", loss, axis=None))
         return losses.stack(), carry
 
     return run

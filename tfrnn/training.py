@@ -7,9 +7,10 @@ does the rest:
 * It runs under any ``tf.distribute`` strategy (default: ``tf.distribute.get_strategy()``,
   one device) with one code path: model and optimiser are created under
   ``strategy.scope()``, each epoch's batches go through
-  ``strategy.experimental_distribute_dataset``, a step is ``strategy.run``, the loss is
-  averaged over the GLOBAL batch (``tf.nn.compute_average_loss``) and statistics are summed
-  across replicas with ``strategy.reduce``.
+  ``strategy.experimental_distribute_dataset`` (:func:`tfrnn.distribute.split_batches`), a
+  step is ``strategy.run``, the loss is averaged over the GLOBAL batch
+  (``tf.nn.compute_average_loss``) and statistics are summed across replicas with
+  ``strategy.reduce``.
 * The forward and backward pass is a ``tf.function`` compiled with XLA
   (``jit_compile=True``); the optimiser update stays outside the compiled part because a
   strategy's cross-replica gradient sum cannot live inside an XLA cluster.
@@ -23,6 +24,12 @@ does the rest:
 * A non-finite loss stops the run with :class:`TrainingDiverged` (a one-line
   :class:`tfrnn.cli.UsageError`); a checkpoint is only written when every weight is finite,
   so the last one kept is good.
+* Under several workers (``MultiWorkerMirroredStrategy``) every worker trains and
+  checkpoints, but only the chief writes ``config.json``, metrics, summaries and the plot;
+  the others checkpoint to a temporary folder they delete at the end, and every worker
+  restores from the chief's ``checkpoints/`` (see :mod:`tfrnn.distribute`). Each global
+  batch is split over the replicas (sharding by data, not by file), so the run's numbers do
+  not depend on the number of replicas (to float rounding).
 
 The workdir receives ``config.json``, ``metrics.json`` (``{"config": ..., "epochs": [...]}``),
 TensorBoard summaries under ``tensorboard/``, ``curves.png`` and ``checkpoints/``.
@@ -34,6 +41,8 @@ import dataclasses
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -42,6 +51,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from tfrnn import distribute
 from tfrnn.cli import UsageError
 
 
@@ -112,10 +122,11 @@ def _write_json_atomically(path: str, content) -> None:
     os.replace(temporary, path)
 
 
-def _check_same_config(workdir: str, config: dict) -> None:
+def _check_same_config(workdir: str, config: dict, *, write: bool) -> None:
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
-        _write_json_atomically(path, config)
+        if write:
+            _write_json_atomically(path, config)
         return
     with open(path) as handle:
         saved = json.load(handle)
@@ -177,6 +188,24 @@ def _all_finite(variables) -> bool:
     )
 
 
+def _check_workers_agree(strategy, global_step) -> None:
+    """Every worker must resume from the same step, or the collectives would never match."""
+    if distribute.is_default(strategy):
+        return
+    steps = distribute.gather_rows(
+        strategy,
+        strategy.experimental_distribute_values_from_function(
+            lambda _: tf.reshape(tf.identity(global_step), [1])
+        ),
+    )
+    lowest, highest = int(tf.reduce_min(steps)), int(tf.reduce_max(steps))
+    if lowest != highest:
+        raise UsageError(
+            f"the workers restored different steps ({lowest} to {highest}): every worker must "
+            "see the chief's --workdir (a shared file system), or start afresh in an empty one"
+        )
+
+
 def fit(
     task: Task,
     workdir: str,
@@ -196,6 +225,7 @@ def fit(
       config: everything that determines the result (JSON-serialisable); stored in
         metrics.json, and a resume with a different one is refused.
       strategy: a ``tf.distribute`` strategy; None is the default (one-device) strategy.
+        ``task.global_batch_size`` must be a multiple of its replicas.
       checkpoint_every: also checkpoint every this many steps inside an epoch.
       jit_compile: compile the forward/backward pass with XLA.
       verbose: a progress bar during each epoch and one summary line after it.
@@ -206,13 +236,16 @@ def fit(
 
     Raises:
       TrainingDiverged: the loss became NaN or infinite.
-      UsageError: the workdir holds a run with another configuration.
+      UsageError: the workdir holds a run with another configuration, or the batch does not
+        split over the replicas.
     """
     if checkpoint_every <= 0:
         raise UsageError(f"--checkpoint_every must be positive, got {checkpoint_every}")
     strategy = strategy or tf.distribute.get_strategy()
+    distribute.per_replica_batch_size(strategy, task.global_batch_size)
+    chief = distribute.is_chief(strategy)
     os.makedirs(workdir, exist_ok=True)
-    _check_same_config(workdir, config)
+    _check_same_config(workdir, config, write=chief)
 
     with strategy.scope():
         model = task.make_model()
@@ -238,19 +271,20 @@ def fit(
         epoch_seconds=epoch_seconds,
         history=history_json,
     )
-    manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(workdir, "checkpoints"), max_to_keep=3
-    )
-    resumed_from_step = 0
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        resumed_from_step = int(global_step)
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    # Saving is a collective step, so every worker saves; only the chief's copy is kept.
+    write_dir = checkpoint_dir if chief else tempfile.mkdtemp(prefix="tfrnn_worker_checkpoints_")
+    manager = tf.train.CheckpointManager(checkpoint, write_dir, max_to_keep=3)
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
         if verbose:
             print(
-                f"resuming from {manager.latest_checkpoint} (step {resumed_from_step}, "
-                f"{int(epochs_done)} epochs done)",
+                f"resuming from {latest} (step {int(global_step)}, {int(epochs_done)} epochs done)",
                 flush=True,
             )
+    resumed_from_step = int(global_step)
+    _check_workers_agree(strategy, global_step)
     history = json.loads(history_json.numpy().decode())
 
     def forward(model_inputs, labels, training):
@@ -299,26 +333,29 @@ def fit(
         return batch_loss / batch_count, loss_sum / example_count, correct_sum / example_count
 
     @tf.function(jit_compile=jit_compile)
-    def replica_eval_statistics(model_inputs, labels):
+    def eval_statistics(model_inputs, labels):
         _, _, statistics = forward(model_inputs, labels, training=False)
         return statistics
 
+    def replica_eval_statistics(model_inputs, labels):
+        # A plain function: handed a tf.function, MirroredStrategy compiles every replica's
+        # call into one XLA program on one device. The cast is per replica, because under
+        # several workers the labels are per-replica values.
+        return eval_statistics(model_inputs, tf.cast(labels, tf.int32))
+
     @tf.function
     def eval_step(batch):
-        model_inputs, labels = batch
-        return reduce_sums(
-            strategy.run(replica_eval_statistics, args=(model_inputs, tf.cast(labels, tf.int32)))
-        )
+        return reduce_sums(strategy.run(replica_eval_statistics, args=batch))
 
     def evaluate():
         totals = np.zeros(3)
-        for batch in strategy.experimental_distribute_dataset(task.eval_batches()):
+        for batch in distribute.split_batches(strategy, task.eval_batches()):
             totals += [float(value) for value in eval_step(batch)]
         loss_total, correct_total, count = totals
         return loss_total / count, correct_total / count
 
     def last_good_checkpoint():
-        return manager.latest_checkpoint or "none yet, the run starts afresh"
+        return tf.train.latest_checkpoint(checkpoint_dir) or "none yet, the run starts afresh"
 
     def save_checkpoint():
         if not _all_finite(model.variables):
@@ -328,7 +365,10 @@ def fit(
             )
         manager.save(checkpoint_number=int(global_step))
 
-    summary_writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+    if chief:
+        summary_writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+    else:
+        summary_writer = tf.summary.create_noop_writer()
     for epoch in range(int(epochs_done), task.num_epochs):
         epoch_steps = min(task.steps_per_epoch, task.total_steps - epoch * task.steps_per_epoch)
         done_in_epoch = int(global_step) - epoch * task.steps_per_epoch
@@ -340,7 +380,7 @@ def fit(
         batches = task.train_batches(epoch, done_in_epoch).take(epoch_steps - done_in_epoch)
         segment_start = time.perf_counter()
         for step_in_epoch, batch in enumerate(
-            strategy.experimental_distribute_dataset(batches), start=done_in_epoch + 1
+            distribute.split_batches(strategy, batches), start=done_in_epoch + 1
         ):
             batch_loss, epoch_loss, epoch_accuracy = (float(v) for v in train_step(batch))
             if not math.isfinite(batch_loss):
@@ -369,9 +409,10 @@ def fit(
             "seconds": round(float(epoch_seconds), 2),
         }
         history.append(record)
-        _write_json_atomically(
-            os.path.join(workdir, "metrics.json"), {"config": config, "epochs": history}
-        )
+        if chief:
+            _write_json_atomically(
+                os.path.join(workdir, "metrics.json"), {"config": config, "epochs": history}
+            )
         with summary_writer.as_default():
             for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"):
                 write_scalar(key.replace("_", "/", 1), record[key], epoch + 1)
@@ -389,7 +430,9 @@ def fit(
         history_json.assign(json.dumps(history))
         save_checkpoint()
 
-    if history:
+    if chief and history:
         # Once at the end, not per epoch: a plot costs about a second.
         plot_curves(history, os.path.join(workdir, "curves.png"), title)
+    if not chief:
+        shutil.rmtree(write_dir, ignore_errors=True)
     return Result(model=model, history=history, resumed_from_step=resumed_from_step)

@@ -4,6 +4,7 @@
     python -m tfrnn.experiments.echo_deps --num_steps 10 --state_size 16 --epochs 10
     python -m tfrnn.experiments.echo_deps --suite canonical    # make echo-deps
     python -m tfrnn.experiments.echo_deps --suite styles       # make echo-styles
+    python -m tfrnn.experiments.echo_deps --strategy mirrored  # streams split over the GPUs
 
 A single run writes metrics.json, curve.png and model.keras to --workdir (default
 runs/echo_deps/<config>). The logic lives in tfrnn.echo_train.
@@ -15,6 +16,7 @@ import os
 
 from absl import flags
 
+from tfrnn import distribute
 from tfrnn.echo_train import BOUNDS, EchoConfig
 
 SUITES = ("none", "canonical", "styles")
@@ -42,6 +44,12 @@ flags.DEFINE_integer(
     "Epochs, a fresh series each. Default: 1 for one run; the suite's own for a suite."
     + _bounded("epochs"),
 )
+flags.DEFINE_integer(
+    "batch_size",
+    _defaults.batch_size,
+    "Streams trained side by side (global: split over the replicas of --strategy)."
+    + _bounded("batch_size"),
+)
 flags.DEFINE_integer("seed", _defaults.seed, "Seed of weights and series." + _bounded("seed"))
 flags.DEFINE_integer(
     "series_length",
@@ -56,6 +64,7 @@ flags.DEFINE_string(
     " summary.png. styles: TF-style n and 2n against true n for n in 3, 5, 8; table and plot"
     " to --styles_dir.",
 )
+distribute.define_flags(flags)
 flags.DEFINE_string(
     "styles_dir", os.path.join("experiments", "echo_deps"), "Where --suite styles writes."
 )
@@ -76,6 +85,7 @@ def main(argv):
         epochs=1 if FLAGS.epochs is None else FLAGS.epochs,
         seed=FLAGS.seed,
         series_length=FLAGS.series_length,
+        batch_size=FLAGS.batch_size,
     )
     if FLAGS.suite != "none":
         for name in ("num_steps", "state_size"):
@@ -83,19 +93,27 @@ def main(argv):
                 raise cli.UsageError(f"--{name} is set by --suite {FLAGS.suite}; leave it out")
     if FLAGS.epochs is not None:
         config = echo_train.check_config(config)  # --epochs 0 is an error, not "default"
-    if FLAGS.suite == "canonical":
-        echo_train.run_canonical(config, FLAGS.workdir or ROOT, epochs=FLAGS.epochs)
-    elif FLAGS.suite == "styles":
-        echo_train.run_styles(
-            config,
-            os.path.join(FLAGS.workdir or ROOT, "styles"),
-            FLAGS.styles_dir,
-            epochs=FLAGS.epochs,
-        )
-    else:
-        echo_train.train_and_evaluate(
-            echo_train.check_config(config), FLAGS.workdir or os.path.join(ROOT, config.name)
-        )
+    # Before anything starts TensorFlow's devices: --cpu_replicas splits the CPU.
+    strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.cpu_replicas)
+    with distribute.lost_workers_as_usage_errors():
+        if FLAGS.suite == "canonical":
+            echo_train.run_canonical(
+                config, FLAGS.workdir or ROOT, epochs=FLAGS.epochs, strategy=strategy
+            )
+        elif FLAGS.suite == "styles":
+            echo_train.run_styles(
+                config,
+                os.path.join(FLAGS.workdir or ROOT, "styles"),
+                FLAGS.styles_dir,
+                epochs=FLAGS.epochs,
+                strategy=strategy,
+            )
+        else:
+            echo_train.train_and_evaluate(
+                echo_train.check_config(config),
+                FLAGS.workdir or os.path.join(ROOT, config.name),
+                strategy=strategy,
+            )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ Re-running the same command after an interruption resumes from the last checkpoi
     python -m tfrnn.experiments.mnist --epochs 11 --data_dir ../shared/datasets/mnist
     python -m tfrnn.experiments.mnist --preset C2 --workdir runs/mnist_c2
     python -m tfrnn.experiments.mnist --dataset fashion_mnist --cell simple
+    python -m tfrnn.experiments.mnist --strategy mirrored        # all local GPUs
+
+``--strategy`` and ``--cpu_replicas`` (see :mod:`tfrnn.distribute`) are not part of the
+run's configuration: a run may resume under another strategy.
 """
 
 import dataclasses
@@ -16,7 +20,7 @@ import typing
 from absl import flags, logging
 
 # cli before mnist_model: it quiets TensorFlow's start-up, which mnist_model imports.
-from tfrnn import cli, mnist_model
+from tfrnn import cli, distribute, mnist_model
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -24,6 +28,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("workdir", "runs/mnist", "checkpoints, metrics, plots and the exported model")
 flags.DEFINE_integer("checkpoint_every", 200, "checkpoint every this many steps (and each epoch)")
+distribute.define_flags(flags)
 
 
 def _define_config_flags():
@@ -51,14 +56,21 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    # First: --cpu_replicas splits the CPU, which must happen before TensorFlow starts.
+    strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.cpu_replicas)
     overrides = {
         field.name: FLAGS[field.name].value for field in dataclasses.fields(mnist_model.Config)
     }
     config = mnist_model.config_for(FLAGS.preset, **overrides)
     title = f"MNIST rows, preset {FLAGS.preset.upper()}" if FLAGS.preset else "MNIST rows"
-    mnist_model.train_and_evaluate(
-        config, FLAGS.workdir, checkpoint_every=FLAGS.checkpoint_every, title=title
-    )
+    with distribute.lost_workers_as_usage_errors():
+        mnist_model.train_and_evaluate(
+            config,
+            FLAGS.workdir,
+            strategy=strategy,
+            checkpoint_every=FLAGS.checkpoint_every,
+            title=title,
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,26 @@
+"""Set-up shared by the whole test session: the CPU split into two logical devices.
+
+The distribution tests mirror over ``/cpu:0`` and ``/cpu:1``, and TensorFlow accepts a
+device split only before it initialises its devices, which happens once per process; so it
+is done here, at import, before any test runs. Ops that name no device still run on
+``/cpu:0``, so the other tests see no difference.
+"""
+
+import pytest
+import tensorflow as tf
+
+from tfrnn import distribute
+
+CPU_REPLICAS = 2
+distribute.configure_cpu_devices(CPU_REPLICAS)
+
+
+@pytest.fixture(scope="session")
+def mirrored():
+    """MirroredStrategy over the two CPU devices, one for the session.
+
+    Strategies made in one process number their collective ops from the same start, so the
+    all-reduce of a second one over the same devices collides with the first one's ("shape
+    mismatch in the collective instance"): every test shares this one.
+    """
+    return tf.distribute.MirroredStrategy([f"/cpu:{index}" for index in range(CPU_REPLICAS)])
