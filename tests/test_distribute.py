@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 
 import keras
 import numpy as np
@@ -254,6 +255,19 @@ def test_a_good_tf_config_passes_and_worker_0_is_chief_without_a_chief(mirrored)
     assert distribute.is_chief(tf.distribute.get_strategy())
     assert distribute.is_chief(mirrored)
 
+    def worker(cluster, task_type, task_id):
+        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id
+        )
+        return types.SimpleNamespace(cluster_resolver=resolver)
+
+    workers = {"worker": ["a:1", "b:2"]}
+    assert distribute.is_chief(worker(workers, "worker", 0))
+    assert not distribute.is_chief(worker(workers, "worker", 1))
+    with_chief = {"chief": ["c:3"], **workers}
+    assert distribute.is_chief(worker(with_chief, "chief", 0))
+    assert not distribute.is_chief(worker(with_chief, "worker", 0))
+
 
 @pytest.fixture
 def fresh_flags():
@@ -275,6 +289,10 @@ def fresh_flags():
         (
             "--strategy=mirrored --cpu_replicas=2 --batch_size=5",
             "error: --batch_size 5 does not split evenly over 2 replicas; use a multiple of 2",
+        ),
+        (
+            "--strategy=mirrored",
+            "error: --strategy mirrored found no GPU; pass --cpu_replicas N to mirror over N",
         ),
         (
             "--strategy=multi_worker",
