@@ -401,12 +401,17 @@ def run(options: Options, torch_python: str | None = None, log=print) -> list[di
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("rounds", 3, "alternating tfrnn/PyTorch rounds; figures are medians")
-flags.DEFINE_integer("batches", 200, "timed MNIST training steps (after as many warm-up steps)")
-flags.DEFINE_integer("series_length", 1_000_000, "echo series length (steps an epoch)")
-flags.DEFINE_list("workloads", list(WORKLOADS), f"any of {', '.join(WORKLOADS)}")
-flags.DEFINE_list("mnist_paths", list(MNIST_PATHS), f"any of {', '.join(MNIST_PATHS)}")
-flags.DEFINE_string("output_dir", "runs/bench", "where results.json and environment.json go")
+
+
+def define_flags() -> None:
+    # Defined only when run as a command: the experiments define flags of the same names
+    # (series_length), and tests import both modules into one process.
+    flags.DEFINE_integer("rounds", 3, "alternating tfrnn/PyTorch rounds; figures are medians")
+    flags.DEFINE_integer("batches", 200, "timed MNIST training steps (after as many warm-up steps)")
+    flags.DEFINE_integer("series_length", 1_000_000, "echo series length (steps an epoch)")
+    flags.DEFINE_list("workloads", list(WORKLOADS), f"any of {', '.join(WORKLOADS)}")
+    flags.DEFINE_list("mnist_paths", list(MNIST_PATHS), f"any of {', '.join(MNIST_PATHS)}")
+    flags.DEFINE_string("output_dir", "runs/bench", "where results.json and environment.json go")
 
 
 def main(argv):
@@ -442,4 +447,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)
