@@ -76,11 +76,10 @@ def test_run_writes_metrics_model_and_export(uninterrupted, data_dir):
 
     images = np.random.default_rng(1).uniform(size=(5, 28, 28)).astype("float32")
     model = keras.saving.load_model(uninterrupted / "model.keras")
-    exported = tf.saved_model.load(str(uninterrupted / "export"))
-    serving = exported.signatures["serving_default"]
-    (served,) = serving(tf.constant(images)).values()
-    assert served.shape == (5, 10)
-    np.testing.assert_allclose(served, model(images), atol=1e-5)
+    exported = tf.saved_model.load(str(uninterrupted / "export" / "1"))
+    served = exported.signatures["serving_default"](rows=tf.constant(images))
+    assert served["probabilities"].shape == (5, 10)
+    np.testing.assert_allclose(served["probabilities"], tf.nn.softmax(model(images)), atol=1e-5)
 
     with open(uninterrupted / "final.json") as handle:
         final = json.load(handle)

@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfrnn import distribute, training
+from tfrnn import distribute, export, training
 from tfrnn.cells import CELL_KINDS, make_rnn
 from tfrnn.cli import UsageError
 from tfrnn.data import mnist as mnist_data
@@ -251,7 +251,9 @@ def train_and_evaluate(
     """Trains on ``config``'s data, resuming from ``workdir``, then saves and exports the model.
 
     Writes to ``workdir`` what :func:`tfrnn.training.fit` writes, plus ``model.keras``, the
-    SavedModel ``export/`` (``model.export``), and ``final.json`` with the final test
+    servable SavedModel ``export/1/`` (:func:`tfrnn.export.export_workdir`: signature
+    ``serving_default`` from ``rows`` to ``probabilities`` and ``classes``), and
+    ``final.json`` with the final test
     accuracy on all test images and on the first 128 (tutorial C2's measure). Under a
     multi-worker ``strategy`` only the chief writes these (see :mod:`tfrnn.distribute`).
     """
@@ -303,8 +305,10 @@ def train_and_evaluate(
         return result  # the chief saves, exports and evaluates the same weights
     model.save(os.path.join(workdir, "model.keras"))
     export_dir = os.path.join(workdir, "export")
+    # The workdir's export mirrors its model.keras: a re-run replaces it rather than adding
+    # versions (exports meant for a server go to their own folder: python -m tfrnn.export).
     shutil.rmtree(export_dir, ignore_errors=True)
-    model.export(export_dir, verbose=False)
+    export.export_workdir(workdir, export_dir, version=1)
     final = {
         "test_accuracy": accuracy(model, mnist_data.test_batches(data.test, 500)),
         "test_accuracy_first_128": accuracy(model, mnist_data.test_batches(data.test, 128, 128)),
@@ -316,7 +320,7 @@ def train_and_evaluate(
         print(
             f"final test accuracy {100 * final['test_accuracy']:.2f}% on "
             f"{final['test_images']} images, {100 * final['test_accuracy_first_128']:.2f}% on "
-            f"the first 128; model in {workdir}/model.keras, SavedModel in {export_dir}",
+            f"the first 128; model in {workdir}/model.keras, SavedModel in {export_dir}/1",
             flush=True,
         )
     return result
