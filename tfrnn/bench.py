@@ -418,6 +418,9 @@ def main(argv):
     if not FLAGS["verbosity"].present:
         # TensorFlow logs every SavedModel asset at INFO; --verbosity=0 shows them again.
         logging.set_verbosity(logging.WARNING)
+        # Every measurement builds a fresh model and loop, so TensorFlow's "retracing"
+        # warnings are expected here and say nothing about the code measured.
+        tf.get_logger().setLevel("ERROR")
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     for name in ("rounds", "batches"):
