@@ -87,7 +87,7 @@ def test_mnist_on_two_mirrored_replicas_matches_one_device(
     assert len(set(_losses(result.history))) == 4  # four different steps, not one repeated
     saved = keras.saving.load_model(tmp_path / "model.keras")
     _assert_same_weights(saved.get_weights(), one_device_mnist.model.get_weights())
-    assert (tmp_path / "export" / "saved_model.pb").exists()
+    assert (tmp_path / "export" / "1" / "saved_model.pb").exists()
 
 
 @pytest.mark.parametrize(
