@@ -19,7 +19,6 @@ multi-worker cluster writes files. There are no checkpoints: a run restarts from
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import statistics
@@ -41,6 +40,7 @@ from tfrnn.data.echo import (
     generate_series,
 )
 from tfrnn.echo_model import build_echo_model
+from tfrnn.training import write_json_atomically
 
 # The tutorial reports the mean loss of every 100 batches; final_loss is the last such mean.
 REPORT_EVERY = 100
@@ -113,14 +113,6 @@ def check_config(config: EchoConfig) -> EchoConfig:
     return config
 
 
-def _write_json(path, content):
-    # Write then rename, so a reader never sees half a file.
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as file:
-        json.dump(content, file, indent=2)
-    os.replace(temporary, path)
-
-
 def train_and_evaluate(
     config: EchoConfig,
     workdir: str,
@@ -190,7 +182,7 @@ def train_and_evaluate(
             mean_loss = float(tf.reduce_mean(losses))
             if not math.isfinite(mean_loss):
                 if chief:
-                    _write_json(os.path.join(workdir, "metrics.json"), metrics)
+                    write_json_atomically(os.path.join(workdir, "metrics.json"), metrics)
                 raise UsageError(
                     f"the loss became {mean_loss} in epoch {epoch + 1}, windows"
                     f" {window_slice.start}-{window_slice.stop}; try a smaller learning rate"
@@ -205,7 +197,7 @@ def train_and_evaluate(
     if not chief:
         return metrics
     _save_stateless_model(model, config, os.path.join(workdir, "model.keras"))
-    _write_json(os.path.join(workdir, "metrics.json"), metrics)
+    write_json_atomically(os.path.join(workdir, "metrics.json"), metrics)
     plot_curves({config.name: metrics}, os.path.join(workdir, "curve.png"), title=config.name)
     if verbose:
         print(
@@ -337,7 +329,7 @@ def run_canonical(
     records, runs = _run_all(configs, root, verbose=verbose, strategy=strategy)
     if not distribute.is_chief(strategy or tf.distribute.get_strategy()):
         return records
-    _write_json(os.path.join(root, "summary.json"), records)
+    write_json_atomically(os.path.join(root, "summary.json"), records)
     plot_curves(runs, os.path.join(root, "summary.png"), title="echo dependencies")
     print(format_table(records))
     return records
@@ -406,7 +398,7 @@ def run_styles(
         )
     if not chief:
         return records
-    _write_json(os.path.join(output_dir, "styles.json"), records)
+    write_json_atomically(os.path.join(output_dir, "styles.json"), records)
     table = format_styles_table(records)
     with open(os.path.join(output_dir, "styles.md"), "w") as file:
         file.write(table + "\n")

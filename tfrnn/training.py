@@ -121,7 +121,7 @@ def _per_example_mean(values):
     return values
 
 
-def _write_json_atomically(path: str, content) -> None:
+def write_json_atomically(path: str, content) -> None:
     # A SIGKILL mid-write must not leave a truncated file behind: write, then rename.
     temporary = path + ".tmp"
     with open(temporary, "w") as handle:
@@ -134,7 +134,7 @@ def _check_same_config(workdir: str, config: dict, *, write: bool) -> None:
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         if write:
-            _write_json_atomically(path, config)
+            write_json_atomically(path, config)
         return
     with open(path) as handle:
         saved = json.load(handle)
@@ -499,7 +499,7 @@ def fit(
         }
         history.append(record)
         if chief:
-            _write_json_atomically(
+            write_json_atomically(
                 os.path.join(workdir, "metrics.json"), {"config": config, "epochs": history}
             )
         with summary_writer.as_default():
