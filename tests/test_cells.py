@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrnn.cells import CELL_KINDS, ConcatRNNCell, make_rnn
+from tfrnn.cells import CELL_KINDS, RNN, ConcatRNNCell, make_rnn
 
 
 def _random_sequence(batch=3, time=6, features=2, seed=0):
@@ -142,3 +142,72 @@ def test_tutorial_c1_shapes_of_an_lstm_over_mnist_rows():
     assert h.shape == c.shape == (100, 100)
     np.testing.assert_array_equal(h, outputs[:, -1])
     assert not np.allclose(c, h)
+
+
+def _outputs_and_gradients(layer, inputs, jit_compile):
+    def run(sequence):
+        with tf.GradientTape() as tape:
+            outputs = layer(sequence)
+            loss = tf.reduce_sum(tf.square(outputs))
+        return outputs, tape.gradient(loss, layer.trainable_variables)
+
+    return tf.function(run, jit_compile=jit_compile)(tf.constant(inputs))
+
+
+@pytest.mark.parametrize("kind", CELL_KINDS)
+@pytest.mark.parametrize("unroll, jit_compile", [(False, False), (False, True), (True, True)])
+def test_rnn_gives_the_numbers_of_keras_rnn_on_the_same_cell(kind, unroll, jit_compile):
+    # tfrnn's RNN only moves where the weights are read: outputs and gradients are
+    # keras.layers.RNN's, on one and the same cell (so the same weights).
+    inputs = _random_sequence(batch=3, time=5, features=2, seed=3)
+    ours = make_rnn(kind, 4, return_sequences=True, unroll=unroll)
+    ours(inputs)
+    theirs = keras.layers.RNN(ours.cell, return_sequences=True, unroll=unroll)
+    (ours_out, ours_grads), (theirs_out, theirs_grads) = (
+        _outputs_and_gradients(layer, inputs, jit_compile) for layer in (ours, theirs)
+    )
+    np.testing.assert_allclose(ours_out, theirs_out, atol=1e-6)
+    for got, want in zip(ours_grads, theirs_grads, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    assert all(float(tf.reduce_sum(tf.abs(gradient))) > 0 for gradient in ours_grads)
+
+
+def _while_body_op_types(layer, inputs) -> set:
+    """Op types in the body of the (only) time loop of ``layer``'s gradient graph."""
+
+    def loss(sequence):
+        with tf.GradientTape() as tape:
+            value = tf.reduce_sum(layer(sequence))
+        return tape.gradient(value, layer.trainable_variables)
+
+    graph = tf.function(loss).get_concrete_function(tf.TensorSpec(inputs.shape)).graph
+    library = {f.signature.name: f for f in graph.as_graph_def().library.function}
+    forward_loops = [
+        op
+        for op in graph.get_operations()
+        if op.type in ("While", "StatelessWhile") and not op.name.startswith("gradient_tape/")
+    ]
+    assert len(forward_loops) == 1
+    body = library[forward_loops[0].get_attr("body").name]
+    return {node.op for node in body.node_def}
+
+
+@pytest.mark.parametrize("kind", CELL_KINDS)
+def test_rnn_reads_the_weights_once_before_the_time_loop(kind):
+    # Read inside the loop, a weight becomes a per-step intermediate that the gradient keeps
+    # a copy of for every step; tfrnn's RNN hands the loop a value read before it.
+    inputs = _random_sequence(batch=2, time=4, features=3)
+    ours = make_rnn(kind, 5)
+    ours(inputs)
+    assert "ReadVariableOp" in _while_body_op_types(keras.layers.RNN(ours.cell), inputs)
+    assert "ReadVariableOp" not in _while_body_op_types(ours, inputs)
+
+
+def test_rnn_dropout_masks_still_change_from_call_to_call():
+    # The loop runs in a keras.StatelessScope, which would hold back a seed generator's
+    # update made inside it; Keras draws the dropout masks before the loop, so they change.
+    layer = RNN(keras.layers.LSTMCell(8, dropout=0.5, recurrent_dropout=0.5))
+    inputs = np.ones((4, 3, 6), dtype="float32")
+    first, second = (np.asarray(layer(inputs, training=True)) for _ in range(2))
+    assert not np.allclose(first, second)
+    np.testing.assert_allclose(layer(inputs), layer(inputs), atol=0)

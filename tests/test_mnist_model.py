@@ -3,8 +3,10 @@
 import dataclasses
 import math
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfrnn import mnist_model
 from tfrnn.cells import CELL_KINDS
@@ -27,6 +29,34 @@ def test_rows_in_logits_out_for_every_cell(kind):
     assert model(_images()).shape == (3, 10)
     # 28 rows of 28 pixels: the recurrent layer's kernel reads 28 features.
     assert model.get_layer("rnn").cell.kernel.shape[0] in (28, 28 + 6)
+
+
+def test_default_model_is_keras_rnn_of_lstm_cell_to_the_last_bit():
+    # The default path (tfrnn.cells.RNN, weights read before the time loop) must stay the
+    # model a Keras user writes: keras.layers.RNN(LSTMCell) on the same weights gives the
+    # same logits and gradients in the XLA training step.
+    model = mnist_model.build_model(mnist_model.Config())
+    images = keras.Input((28, 28))
+    rows = model.get_layer("standardize")(images)
+    features = keras.layers.RNN(model.get_layer("rnn").cell)(rows)
+    plain = keras.Model(images, model.get_layer("logits")(features))
+    labels = tf.constant([3, 1, 4, 1, 5, 9])
+
+    @tf.function(jit_compile=True)
+    def logits_and_gradients(classifier, batch):
+        with tf.GradientTape() as tape:
+            logits = classifier(batch, training=True)
+            loss = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+            )
+        return logits, tape.gradient(loss, model.trainable_variables)
+
+    batch = tf.constant(_images(batch=6, seed=4))
+    ours_logits, ours_gradients = logits_and_gradients(model, batch)
+    plain_logits, plain_gradients = logits_and_gradients(plain, batch)
+    np.testing.assert_allclose(ours_logits, plain_logits, atol=1e-6)
+    for ours, theirs in zip(ours_gradients, plain_gradients, strict=True):
+        np.testing.assert_allclose(ours, theirs, atol=1e-6)
 
 
 def test_standardisation_is_inside_the_model():
