@@ -8,9 +8,9 @@ Workloads, on the shapes of the PyTorch reference (``tfrnn/bench_torch.py``):
    epochs of ``batches`` steps: the first is the warm-up (tracing, XLA compilation), the
    second is timed (its ``seconds`` in the history: every step, with the loop's per-step
    bookkeeping, plus one evaluation batch). One figure per recurrent path tfrnn offers:
-   ``default`` (what ``mnist_model.build_model(Config())`` builds: ``RNN(LSTMCell)``, a
-   while loop), ``unrolled`` (``--unroll``, tutorial C2's static_rnn) and ``keras_lstm``
-   (``keras.layers.LSTM``, what a Keras user writes).
+   ``default`` (what ``mnist_model.build_model(Config())`` builds: ``tfrnn.cells.RNN`` around
+   ``LSTMCell``, a while loop), ``unrolled`` (``--unroll``, tutorial C2's static_rnn) and
+   ``keras_lstm`` (``keras.layers.LSTM``, what a Keras user writes).
 2. Echo training (:func:`tfrnn.echo_train.train_and_evaluate`, 100 windows per compiled
    call): seconds of one epoch over a 1,000,000-step series for (num_steps, state) (5, 4)
    and (10, 16), in the stateful-layer and explicit-state modes. Each run trains two
