@@ -173,7 +173,7 @@ def test_rnn_gives_the_numbers_of_keras_rnn_on_the_same_cell(kind, unroll, jit_c
 
 
 def _while_body_op_types(layer, inputs) -> set:
-    """Op types in the body of the (only) time loop of ``layer``'s gradient graph."""
+    """Op types in the body of ``layer``'s forward time loop, in the graph of its gradient."""
 
     def loss(sequence):
         with tf.GradientTape() as tape:

@@ -31,7 +31,7 @@ def test_rows_in_logits_out_for_every_cell(kind):
     assert model.get_layer("rnn").cell.kernel.shape[0] in (28, 28 + 6)
 
 
-def test_default_model_is_keras_rnn_of_lstm_cell_to_the_last_bit():
+def test_default_model_gives_the_numbers_of_keras_rnn_of_lstm_cell():
     # The default path (tfrnn.cells.RNN, weights read before the time loop) must stay the
     # model a Keras user writes: keras.layers.RNN(LSTMCell) on the same weights gives the
     # same logits and gradients in the XLA training step.
