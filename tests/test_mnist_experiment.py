@@ -156,3 +156,13 @@ def test_bad_data_is_one_line_error_and_exit_2(data_dir, tmp_path, capsys):
         f"error: {missing}: no such folder (expected the four MNIST IDX files)\n"
     )
     assert not (tmp_path / "run").exists()  # nothing written before the data is read
+
+
+def test_epochs_and_train_steps_together_are_refused_at_the_command_line(data_dir, tmp_path):
+    conflicting = ["--preset", "C2", "--epochs", "1", "--train_steps", "5"]
+    run = _run([*conflicting, "--data_dir", data_dir, "--workdir", str(tmp_path / "run")])
+    assert run.returncode == 2
+    assert run.stderr.splitlines()[-1] == (
+        "error: --epochs 1 and --train_steps 5 both set the run's length; give one of them"
+    )
+    assert not (tmp_path / "run").exists()

@@ -71,7 +71,7 @@ class Config:
     learning_rate: float = _field(2e-3, "Adam learning rate (initial, with the cosine schedule)")
     schedule: str = _field("cosine", "learning-rate schedule: constant, or cosine decay to 0")
     epochs: int = _field(11, "training epochs")
-    train_steps: int = _field(0, "training steps in all, overriding --epochs; 0: use --epochs")
+    train_steps: int = _field(0, "training steps in all, instead of --epochs; 0: use --epochs")
     seed: int = _field(0, "seed of the initial weights and of the shuffles")
     jit_compile: bool = _field(True, "compile the training step with XLA")
 
@@ -132,7 +132,12 @@ TUTORIAL_CLAIMS = {
 
 
 def config_for(preset: str | None = None, **overrides) -> Config:
-    """The preset's config (or the default one) with ``overrides`` (None values ignored)."""
+    """The preset's config (or the default one) with ``overrides`` (None values ignored).
+
+    The run's length is ``epochs`` or ``train_steps``: an ``epochs`` override without a
+    ``train_steps`` one clears the preset's train_steps (C2 and C3 count steps), and the two
+    given together, train_steps > 0, are refused.
+    """
     if preset is None:
         base = Config()
     else:
@@ -140,7 +145,15 @@ def config_for(preset: str | None = None, **overrides) -> Config:
         if key not in PRESETS:
             raise UsageError(f"--preset must be one of {', '.join(PRESETS)}; got {preset!r}")
         base = PRESETS[key]
-    return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    given = {name: value for name, value in overrides.items() if value is not None}
+    if "epochs" in given and given.get("train_steps"):
+        raise UsageError(
+            f"--epochs {given['epochs']} and --train_steps {given['train_steps']} both set the"
+            " run's length; give one of them"
+        )
+    if "epochs" in given:
+        given.setdefault("train_steps", 0)
+    return dataclasses.replace(base, **given)
 
 
 def validate(config: Config) -> None:
