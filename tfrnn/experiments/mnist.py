@@ -30,6 +30,7 @@ flags.DEFINE_string(
 flags.DEFINE_string("workdir", "runs/mnist", "checkpoints, metrics, plots and the exported model")
 flags.DEFINE_integer("checkpoint_every", 200, "checkpoint every this many steps (and each epoch)")
 distribute.define_flags(flags)
+flags.adopt_module_key_flags(distribute)  # --help lists --strategy and --cpu_replicas
 
 
 def _define_config_flags():
