@@ -52,7 +52,11 @@ def _field(default, help_text):
 class Config:
     """Everything that determines a run's result. Every field is a command-line flag."""
 
-    dataset: str = _field("mnist", "TFDS dataset of 28x28 grayscale images (mnist, kmnist...)")
+    dataset: str = _field(
+        "mnist",
+        "TFDS dataset of 28x28 grayscale images (mnist, kmnist...); with --data_dir, the set"
+        " its files hold: " + ", ".join(mnist_data.IDX_DATASETS),
+    )
     data_dir: str | None = _field(None, "folder of the four MNIST IDX files (.gz or not)")
     validation_size: int = _field(0, "leave out the last N training images (TF1 held out 5000)")
     cell: str = _field("lstm", "recurrent cell: " + ", ".join(CELL_KINDS))
