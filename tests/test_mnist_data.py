@@ -2,6 +2,7 @@
 
 import contextlib
 import gzip
+import hashlib
 import os
 import shutil
 import socket
@@ -45,6 +46,20 @@ def test_idx_folder_round_trip(tmp_path, compress):
     np.testing.assert_array_equal(labels, arrays["test"][1])
     first_three, _ = _as_arrays(mnist_data.test_batches(data.test, 2, limit=3))
     np.testing.assert_array_equal(first_three, images[:3])
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_fingerprint_is_each_uncompressed_files_size_and_sha256(tmp_path, compress):
+    write_tiny_mnist(tmp_path, compress=compress)
+    fingerprint = mnist_data.load(data_dir=str(tmp_path)).fingerprint
+    assert sorted(fingerprint) == sorted(
+        name for names in mnist_data.IDX_FILES.values() for name in names
+    )
+    opener = gzip.open if compress else open
+    for name, digest in fingerprint.items():
+        with opener(os.path.join(tmp_path, name + (".gz" if compress else "")), "rb") as handle:
+            content = handle.read()
+        assert digest == {"bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()}
 
 
 def test_validation_size_leaves_out_the_last_training_images(tmp_path):

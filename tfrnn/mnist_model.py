@@ -267,6 +267,10 @@ def train_and_evaluate(
 ) -> training.Result:
     """Trains on ``config``'s data, resuming from ``workdir``, then saves and exports the model.
 
+    The configuration recorded (and compared on resume) is ``config`` and ``data_fingerprint``,
+    each IDX file's size and sha256 (:func:`tfrnn.data.mnist.idx_digest`): a resume may read
+    the same files from another ``data_dir``, not other data.
+
     Writes to ``workdir`` what :func:`tfrnn.training.fit` writes, plus ``model.keras``, the
     servable SavedModel ``export/1/`` (:func:`tfrnn.export.export_workdir`: signature
     ``serving_default`` from ``rows`` to ``probabilities`` and ``classes``), and
@@ -276,7 +280,7 @@ def train_and_evaluate(
     """
     validate(config)
     if config.data_dir:
-        # The same folder named from another directory is the same run (resume compares configs).
+        # Recorded as an absolute path: where the run read its data, from any directory.
         config = dataclasses.replace(config, data_dir=os.path.abspath(config.data_dir))
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
@@ -310,7 +314,8 @@ def train_and_evaluate(
     result = training.fit(
         task,
         workdir,
-        dataclasses.asdict(config),
+        # What the data is, so that a resume may read the same files from another folder.
+        dataclasses.asdict(config) | {"data_fingerprint": data.fingerprint},
         strategy=strategy,
         checkpoint_every=checkpoint_every,
         jit_compile=config.jit_compile,

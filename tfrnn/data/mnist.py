@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import os
 import socket
 import struct
@@ -63,6 +64,9 @@ class MnistData:
     train: Split
     test: Split
     source: str  # what was read, for logs: "tfds:mnist" or the folder
+    # What an IDX folder holds, to tell the same data in another folder: each file's
+    # idx_digest by its name without ".gz". None for TFDS (the dataset name says it).
+    fingerprint: dict | None = None
 
 
 def read_idx(path: str, magic: int) -> np.ndarray:
@@ -105,14 +109,26 @@ def read_idx(path: str, magic: int) -> np.ndarray:
     return np.frombuffer(content, dtype=np.uint8, offset=header_size).reshape(shape)
 
 
+def _idx_header(array: np.ndarray) -> bytes:
+    return struct.pack(f">i{array.ndim}i", 0x0800 | array.ndim, *array.shape)
+
+
 def write_idx(path: str, array: np.ndarray) -> None:
     """Writes a uint8 array as an IDX file (gzip-compressed when ``path`` ends in ``.gz``);
     the inverse of :func:`read_idx`, for making subsets and test data."""
     array = np.asarray(array, dtype=np.uint8)
-    header = struct.pack(f">i{array.ndim}i", 0x0800 | array.ndim, *array.shape)
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "wb") as handle:
-        handle.write(header + array.tobytes())
+        handle.write(_idx_header(array) + array.tobytes())
+
+
+def idx_digest(array: np.ndarray) -> dict:
+    """``{"bytes": size, "sha256": hex}`` of the uncompressed IDX file of uint8 ``array``
+    (for a file read by :func:`read_idx`, what ``gunzip -c FILE.gz | sha256sum`` gives)."""
+    header = _idx_header(array)
+    digest = hashlib.sha256(header)
+    digest.update(np.ascontiguousarray(array, dtype=np.uint8))
+    return {"bytes": len(header) + array.nbytes, "sha256": digest.hexdigest()}
 
 
 def _find_idx_file(data_dir: str, name: str) -> str:
@@ -123,8 +139,9 @@ def _find_idx_file(data_dir: str, name: str) -> str:
     raise UsageError(f"{data_dir}: missing {name}.gz (or {name})")
 
 
-def read_idx_split(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images (n, 28, 28) uint8 and labels (n,) int32 of ``split`` ("train" or "test")."""
+def read_idx_split(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Images (n, 28, 28) uint8 and labels (n,) int32 of ``split`` ("train" or "test"), and
+    the two files' :func:`idx_digest` by name (without ".gz")."""
     images_name, labels_name = IDX_FILES[split]
     images_path = _find_idx_file(data_dir, images_name)
     labels_path = _find_idx_file(data_dir, labels_name)
@@ -138,7 +155,8 @@ def read_idx_split(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
         )
     if len(labels) and labels.max() >= NUM_CLASSES:
         raise UsageError(f"{labels_path}: label {labels.max()} out of range 0-9")
-    return images, labels.astype(np.int32)
+    digests = {images_name: idx_digest(images), labels_name: idx_digest(labels)}
+    return images, labels.astype(np.int32), digests
 
 
 def _count(dataset: tf.data.Dataset) -> int:
@@ -242,15 +260,16 @@ def load(dataset: str = "mnist", data_dir: str | None = None, validation_size: i
             )
         if not os.path.isdir(data_dir):
             raise UsageError(f"{data_dir}: no such folder (expected the four MNIST IDX files)")
-        splits = {}
+        splits, fingerprint = {}, {}
         for split in IDX_FILES:
-            images, labels = read_idx_split(data_dir, split)
+            images, labels, digests = read_idx_split(data_dir, split)
             splits[split] = tf.data.Dataset.from_tensor_slices((images, labels))
+            fingerprint.update(digests)
         source = data_dir
     else:
         builder = _prepared_tfds_builder(dataset)
         splits = {split: _tfds_split(builder, split) for split in IDX_FILES}
-        source = f"tfds:{dataset}"
+        source, fingerprint = f"tfds:{dataset}", None
     train = splits["train"].cache()
     num_train = _count(train)
     if not 0 <= validation_size < num_train:
@@ -259,7 +278,7 @@ def load(dataset: str = "mnist", data_dir: str | None = None, validation_size: i
         num_train -= validation_size
         train = train.take(num_train)
     test = splits["test"].cache()
-    return MnistData(Split(train, num_train), Split(test, _count(test)), source)
+    return MnistData(Split(train, num_train), Split(test, _count(test)), source, fingerprint)
 
 
 def epoch_shuffle_seed(seed: int, epoch: int) -> int:
