@@ -43,3 +43,18 @@ def test_importing_cli_first_keeps_tensorflow_start_up_quiet():
     )
     assert result.stdout == "3.0\n"
     assert result.stderr == ""
+
+
+@pytest.mark.parametrize("module", ["tfrnn.experiments.mnist", "tfrnn.experiments.echo_deps"])
+def test_help_of_each_experiment_lists_the_strategy_flags(module):
+    # absl's --help exits with status 1 after printing the main module's key flags.
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--help"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
+    flag_lines = [line.strip() for line in result.stdout.splitlines()]
+    for flag in ("--strategy:", "--cpu_replicas:"):
+        assert any(line.startswith(flag) for line in flag_lines), flag

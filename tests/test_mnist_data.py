@@ -1,8 +1,11 @@
 """Tests of tfrnn.data.mnist: IDX reading and its errors, TFDS via mock data, epoch order."""
 
+import contextlib
 import gzip
+import hashlib
 import os
 import shutil
+import socket
 
 import numpy as np
 import pytest
@@ -43,6 +46,20 @@ def test_idx_folder_round_trip(tmp_path, compress):
     np.testing.assert_array_equal(labels, arrays["test"][1])
     first_three, _ = _as_arrays(mnist_data.test_batches(data.test, 2, limit=3))
     np.testing.assert_array_equal(first_three, images[:3])
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_fingerprint_is_each_uncompressed_files_size_and_sha256(tmp_path, compress):
+    write_tiny_mnist(tmp_path, compress=compress)
+    fingerprint = mnist_data.load(data_dir=str(tmp_path)).fingerprint
+    assert sorted(fingerprint) == sorted(
+        name for names in mnist_data.IDX_FILES.values() for name in names
+    )
+    opener = gzip.open if compress else open
+    for name, digest in fingerprint.items():
+        with opener(os.path.join(tmp_path, name + (".gz" if compress else "")), "rb") as handle:
+            content = handle.read()
+        assert digest == {"bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()}
 
 
 def test_validation_size_leaves_out_the_last_training_images(tmp_path):
@@ -139,7 +156,76 @@ def test_image_and_label_counts_must_agree(tmp_path):
         mnist_data.load(data_dir=str(tmp_path))
 
 
-def test_tfds_source_with_mock_data():
+def _without_proxies(monkeypatch):
+    for name in os.environ:
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def reachable(monkeypatch):
+    """Every host accepts a connection, none of them real; no proxy in between."""
+    _without_proxies(monkeypatch)
+    monkeypatch.setattr(
+        socket, "create_connection", lambda *args, **kwargs: contextlib.nullcontext()
+    )
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No name resolves, no proxy is set, and TFDS' data folder is empty."""
+    _without_proxies(monkeypatch)
+    monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(tmp_path / "tfds"))
+
+    def no_resolution(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_resolution)
+
+
+def test_offline_tfds_is_one_line_error_before_any_download(offline, monkeypatch):
+    def download_and_prepare(self, *args, **kwargs):
+        pytest.fail("TFDS was asked to download")  # it would retry for minutes
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", download_and_prepare)
+    with pytest.raises(UsageError) as error:
+        mnist_data.load("mnist")
+    assert str(error.value) == (
+        "cannot load TFDS dataset 'mnist' (cannot reach storage.googleapis.com: "
+        f"[Errno {socket.EAI_NONAME}] Name or service not known); pass --data_dir DIR with the "
+        "four MNIST IDX files to read a local copy"
+    )
+
+
+def test_behind_a_proxy_tfds_downloads_through_it(offline, monkeypatch):
+    monkeypatch.setenv("https_proxy", "http://proxy.invalid:3128")
+
+    def download_and_prepare(self, *args, **kwargs):
+        raise ConnectionError("through the proxy")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", download_and_prepare)
+    with pytest.raises(UsageError, match=r"\(ConnectionError: through the proxy\)"):
+        mnist_data.load("mnist")
+
+
+def test_unknown_dataset_is_one_line_error_with_or_without_data_dir(offline, tmp_path):
+    with pytest.raises(UsageError) as error:
+        mnist_data.load("nosuchset")
+    assert str(error.value) == (
+        "--dataset 'nosuchset' is not a TFDS dataset; 28x28 grayscale ones include mnist, "
+        "fashion_mnist, kmnist"
+    )
+    write_tiny_mnist(tmp_path)
+    with pytest.raises(UsageError) as error:
+        mnist_data.load("nosuchset", data_dir=str(tmp_path))
+    assert str(error.value) == (
+        "--dataset must name the set in --data_dir's IDX files, one of mnist, fashion_mnist, "
+        "kmnist; got 'nosuchset'"
+    )
+    assert mnist_data.load("fashion_mnist", data_dir=str(tmp_path)).train.num_examples == 40
+
+
+def test_tfds_source_with_mock_data(reachable):
     with tfds.testing.mock_data(num_examples=24):
         data = mnist_data.load("mnist")
         assert data.source == "tfds:mnist"
@@ -150,8 +236,6 @@ def test_tfds_source_with_mock_data():
         assert labels.dtype == np.int32 and set(labels) <= set(range(10))
         with pytest.raises(UsageError, match=r"'cifar10' has images \(32, 32, 3\)"):
             mnist_data.load("cifar10")
-        with pytest.raises(UsageError, match="cannot load TFDS dataset 'no_such_set'"):
-            mnist_data.load("no_such_set")
 
 
 def test_tfds_can_locate_the_mnist_builder_code(tmp_path):

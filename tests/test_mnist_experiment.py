@@ -10,6 +10,8 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,7 +69,10 @@ def _metrics(workdir):
 
 def test_run_writes_metrics_model_and_export(uninterrupted, data_dir):
     metrics = _metrics(uninterrupted)
-    assert metrics["config"] == dataclasses.asdict(_config(data_dir))
+    fingerprint = mnist_data.load(data_dir=data_dir).fingerprint
+    assert metrics["config"] == dataclasses.asdict(_config(data_dir)) | {
+        "data_fingerprint": fingerprint
+    }
     assert [r["epoch"] for r in metrics["epochs"]] == [1, 2, 3]
     assert metrics["epochs"][-1]["train_loss"] < metrics["epochs"][0]["train_loss"]
     for name in ("curves.png", "config.json", "final.json", "model.keras", "export"):
@@ -141,6 +146,30 @@ def test_sigkill_mid_epoch_then_same_command_ends_like_a_run_never_stopped(
         np.testing.assert_array_equal(got_weight, expected_weight)
 
 
+def test_a_moved_data_folder_resumes_and_other_data_is_refused(uninterrupted, data_dir, tmp_path):
+    workdir, moved = tmp_path / "run", tmp_path / "moved"
+    shutil.copytree(uninterrupted, workdir)
+    shutil.copytree(data_dir, moved)
+    config = dataclasses.replace(_config(data_dir), data_dir=str(moved))
+    result = mnist_model.train_and_evaluate(config, str(workdir), verbose=False)
+    assert result.resumed_from_step == 18  # the finished run, nothing trained again
+    assert json.loads((workdir / "config.json").read_text())["data_dir"] == str(moved)
+
+    # One pixel of one training image changed: other data, refused.
+    path = str(moved / "train-images-idx3-ubyte.gz")
+    images = mnist_data.read_idx(path, mnist_data.IMAGES_MAGIC).copy()
+    images[0, 0, 0] ^= 1
+    mnist_data.write_idx(path, images)
+    with pytest.raises(cli.UsageError) as error:
+        mnist_model.train_and_evaluate(config, str(workdir), verbose=False)
+    assert re.fullmatch(
+        f"{re.escape(str(workdir))} holds a run with another configuration "
+        r"\(data_fingerprint\.train-images-idx3-ubyte\.sha256: '[0-9a-f]{64}' -> '[0-9a-f]{64}'\);"
+        " resume with the same flags, or pass another --workdir",
+        str(error.value),
+    )
+
+
 def test_bad_data_is_one_line_error_and_exit_2(data_dir, tmp_path, capsys):
     # In-process through cli.run, the entry point's wrapper (a subprocess costs seconds).
     missing = tmp_path / "no_mnist_here"
@@ -156,3 +185,13 @@ def test_bad_data_is_one_line_error_and_exit_2(data_dir, tmp_path, capsys):
         f"error: {missing}: no such folder (expected the four MNIST IDX files)\n"
     )
     assert not (tmp_path / "run").exists()  # nothing written before the data is read
+
+
+def test_epochs_and_train_steps_together_are_refused_at_the_command_line(data_dir, tmp_path):
+    conflicting = ["--preset", "C2", "--epochs", "1", "--train_steps", "5"]
+    run = _run([*conflicting, "--data_dir", data_dir, "--workdir", str(tmp_path / "run")])
+    assert run.returncode == 2
+    assert run.stderr.splitlines()[-1] == (
+        "error: --epochs 1 and --train_steps 5 both set the run's length; give one of them"
+    )
+    assert not (tmp_path / "run").exists()

@@ -136,6 +136,15 @@ def test_config_for_preset_and_overrides():
         mnist_model.config_for("C9")
 
 
+def test_an_explicit_epochs_replaces_a_presets_train_steps():
+    config = mnist_model.config_for("C2", epochs=1, train_steps=None)
+    assert (config.epochs, config.train_steps) == (1, 0)
+    assert mnist_model.config_for("C2", epochs=2, train_steps=0).train_steps == 0
+    assert mnist_model.config_for("C3", train_steps=5).train_steps == 5
+    with pytest.raises(UsageError, match="--epochs 2 and --train_steps 5 both set the run's"):
+        mnist_model.config_for(None, epochs=2, train_steps=5)
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

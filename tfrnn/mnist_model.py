@@ -52,7 +52,11 @@ def _field(default, help_text):
 class Config:
     """Everything that determines a run's result. Every field is a command-line flag."""
 
-    dataset: str = _field("mnist", "TFDS dataset of 28x28 grayscale images (mnist, kmnist...)")
+    dataset: str = _field(
+        "mnist",
+        "TFDS dataset of 28x28 grayscale images (mnist, kmnist...); with --data_dir, the set"
+        " its files hold: " + ", ".join(mnist_data.IDX_DATASETS),
+    )
     data_dir: str | None = _field(None, "folder of the four MNIST IDX files (.gz or not)")
     validation_size: int = _field(0, "leave out the last N training images (TF1 held out 5000)")
     cell: str = _field("lstm", "recurrent cell: " + ", ".join(CELL_KINDS))
@@ -71,7 +75,7 @@ class Config:
     learning_rate: float = _field(2e-3, "Adam learning rate (initial, with the cosine schedule)")
     schedule: str = _field("cosine", "learning-rate schedule: constant, or cosine decay to 0")
     epochs: int = _field(11, "training epochs")
-    train_steps: int = _field(0, "training steps in all, overriding --epochs; 0: use --epochs")
+    train_steps: int = _field(0, "training steps in all, instead of --epochs; 0: use --epochs")
     seed: int = _field(0, "seed of the initial weights and of the shuffles")
     jit_compile: bool = _field(True, "compile the training step with XLA")
 
@@ -132,7 +136,12 @@ TUTORIAL_CLAIMS = {
 
 
 def config_for(preset: str | None = None, **overrides) -> Config:
-    """The preset's config (or the default one) with ``overrides`` (None values ignored)."""
+    """The preset's config (or the default one) with ``overrides`` (None values ignored).
+
+    The run's length is ``epochs`` or ``train_steps``: an ``epochs`` override without a
+    ``train_steps`` one clears the preset's train_steps (C2 and C3 count steps), and the two
+    given together, train_steps > 0, are refused.
+    """
     if preset is None:
         base = Config()
     else:
@@ -140,7 +149,15 @@ def config_for(preset: str | None = None, **overrides) -> Config:
         if key not in PRESETS:
             raise UsageError(f"--preset must be one of {', '.join(PRESETS)}; got {preset!r}")
         base = PRESETS[key]
-    return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    given = {name: value for name, value in overrides.items() if value is not None}
+    if "epochs" in given and given.get("train_steps"):
+        raise UsageError(
+            f"--epochs {given['epochs']} and --train_steps {given['train_steps']} both set the"
+            " run's length; give one of them"
+        )
+    if "epochs" in given:
+        given.setdefault("train_steps", 0)
+    return dataclasses.replace(base, **given)
 
 
 def validate(config: Config) -> None:
@@ -250,6 +267,10 @@ def train_and_evaluate(
 ) -> training.Result:
     """Trains on ``config``'s data, resuming from ``workdir``, then saves and exports the model.
 
+    The configuration recorded (and compared on resume) is ``config`` and ``data_fingerprint``,
+    each IDX file's size and sha256 (:func:`tfrnn.data.mnist.idx_digest`): a resume may read
+    the same files from another ``data_dir``, not other data.
+
     Writes to ``workdir`` what :func:`tfrnn.training.fit` writes, plus ``model.keras``, the
     servable SavedModel ``export/1/`` (:func:`tfrnn.export.export_workdir`: signature
     ``serving_default`` from ``rows`` to ``probabilities`` and ``classes``), and
@@ -259,7 +280,7 @@ def train_and_evaluate(
     """
     validate(config)
     if config.data_dir:
-        # The same folder named from another directory is the same run (resume compares configs).
+        # Recorded as an absolute path: where the run read its data, from any directory.
         config = dataclasses.replace(config, data_dir=os.path.abspath(config.data_dir))
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
@@ -293,7 +314,8 @@ def train_and_evaluate(
     result = training.fit(
         task,
         workdir,
-        dataclasses.asdict(config),
+        # What the data is, so that a resume may read the same files from another folder.
+        dataclasses.asdict(config) | {"data_fingerprint": data.fingerprint},
         strategy=strategy,
         checkpoint_every=checkpoint_every,
         jit_compile=config.jit_compile,

@@ -130,23 +130,38 @@ def write_json_atomically(path: str, content) -> None:
     os.replace(temporary, path)
 
 
+# Config keys that say where an input lies, not what it holds: a resume may change them, and
+# config.json then records the new value. What the input holds belongs in the config too
+# (MNIST records its IDX files' sha256 as data_fingerprint).
+LOCATION_KEYS = ("data_dir",)
+
+
+def _differences(saved: dict, config: dict, prefix: str = ""):
+    """(key, saved value, new value) for each difference; nested dicts by dotted key."""
+    for key in sorted(set(saved) | set(config)):
+        old, new = saved.get(key), config.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            yield from _differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            yield prefix + key, old, new
+
+
 def _check_same_config(workdir: str, config: dict, *, write: bool) -> None:
     path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        if write:
-            write_json_atomically(path, config)
-        return
-    with open(path) as handle:
-        saved = json.load(handle)
-    if saved != config:
-        changed = sorted(
-            key for key in set(saved) | set(config) if saved.get(key) != config.get(key)
-        )
-        details = ", ".join(f"{key}: {saved.get(key)!r} -> {config.get(key)!r}" for key in changed)
-        raise UsageError(
-            f"{workdir} holds a run with another configuration ({details}); "
-            "resume with the same flags, or pass another --workdir"
-        )
+    if os.path.exists(path):
+        with open(path) as handle:
+            saved = json.load(handle)
+        changed = [item for item in _differences(saved, config) if item[0] not in LOCATION_KEYS]
+        if changed:
+            details = ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changed)
+            raise UsageError(
+                f"{workdir} holds a run with another configuration ({details}); "
+                "resume with the same flags, or pass another --workdir"
+            )
+        if saved == config:
+            return
+    if write:
+        write_json_atomically(path, config)
 
 
 def plot_curves(history: list, path: str, title: str = "") -> None:
@@ -250,7 +265,8 @@ def fit(
       task: what to train.
       workdir: where checkpoints, metrics, summaries and plots go (created if needed).
       config: everything that determines the result (JSON-serialisable); stored in
-        metrics.json, and a resume with a different one is refused.
+        metrics.json, and a resume with a different one is refused (a changed value of
+        :data:`LOCATION_KEYS` is recorded instead).
       strategy: a ``tf.distribute`` strategy; None is the default (one-device) strategy.
         ``task.global_batch_size`` must be a multiple of its replicas.
       checkpoint_every: also checkpoint every this many steps inside an epoch.

@@ -4,7 +4,8 @@ Two sources give the same thing, a cached ``tf.data.Dataset`` of ``(image, label
 with ``image`` uint8 (28, 28) and ``label`` int32 in [0, 10):
 
 * :func:`load` with ``data_dir=None`` reads a tensorflow-datasets set (``mnist`` by default,
-  or ``fashion_mnist``, ``kmnist``...), downloading it on a machine that can;
+  or ``fashion_mnist``, ``kmnist``...), downloading it on a machine that can (a host that
+  accepts no connection within :data:`CONNECT_TIMEOUT` seconds is an error at once);
 * :func:`load` with ``data_dir=DIR`` reads the four IDX files in ``DIR`` (``.gz`` or not), the
   way TF1's ``input_data.read_data_sets("MNIST_data/")`` read a local folder.
 
@@ -20,8 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import os
+import socket
 import struct
+import urllib.parse
+import urllib.request
 import zlib
 
 import numpy as np
@@ -39,6 +44,11 @@ IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+# The 28x28 grayscale sets of 10 classes published as these four IDX files: what --dataset
+# may name with --data_dir.
+IDX_DATASETS = ("mnist", "fashion_mnist", "kmnist")
+# Seconds a TFDS download host has to accept a connection before TFDS is asked to download.
+CONNECT_TIMEOUT = 3.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +64,9 @@ class MnistData:
     train: Split
     test: Split
     source: str  # what was read, for logs: "tfds:mnist" or the folder
+    # What an IDX folder holds, to tell the same data in another folder: each file's
+    # idx_digest by its name without ".gz". None for TFDS (the dataset name says it).
+    fingerprint: dict | None = None
 
 
 def read_idx(path: str, magic: int) -> np.ndarray:
@@ -96,14 +109,26 @@ def read_idx(path: str, magic: int) -> np.ndarray:
     return np.frombuffer(content, dtype=np.uint8, offset=header_size).reshape(shape)
 
 
+def _idx_header(array: np.ndarray) -> bytes:
+    return struct.pack(f">i{array.ndim}i", 0x0800 | array.ndim, *array.shape)
+
+
 def write_idx(path: str, array: np.ndarray) -> None:
     """Writes a uint8 array as an IDX file (gzip-compressed when ``path`` ends in ``.gz``);
     the inverse of :func:`read_idx`, for making subsets and test data."""
     array = np.asarray(array, dtype=np.uint8)
-    header = struct.pack(f">i{array.ndim}i", 0x0800 | array.ndim, *array.shape)
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "wb") as handle:
-        handle.write(header + array.tobytes())
+        handle.write(_idx_header(array) + array.tobytes())
+
+
+def idx_digest(array: np.ndarray) -> dict:
+    """``{"bytes": size, "sha256": hex}`` of the uncompressed IDX file of uint8 ``array``
+    (for a file read by :func:`read_idx`, what ``gunzip -c FILE.gz | sha256sum`` gives)."""
+    header = _idx_header(array)
+    digest = hashlib.sha256(header)
+    digest.update(np.ascontiguousarray(array, dtype=np.uint8))
+    return {"bytes": len(header) + array.nbytes, "sha256": digest.hexdigest()}
 
 
 def _find_idx_file(data_dir: str, name: str) -> str:
@@ -114,8 +139,9 @@ def _find_idx_file(data_dir: str, name: str) -> str:
     raise UsageError(f"{data_dir}: missing {name}.gz (or {name})")
 
 
-def read_idx_split(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images (n, 28, 28) uint8 and labels (n,) int32 of ``split`` ("train" or "test")."""
+def read_idx_split(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Images (n, 28, 28) uint8 and labels (n,) int32 of ``split`` ("train" or "test"), and
+    the two files' :func:`idx_digest` by name (without ".gz")."""
     images_name, labels_name = IDX_FILES[split]
     images_path = _find_idx_file(data_dir, images_name)
     labels_path = _find_idx_file(data_dir, labels_name)
@@ -129,7 +155,8 @@ def read_idx_split(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
         )
     if len(labels) and labels.max() >= NUM_CLASSES:
         raise UsageError(f"{labels_path}: label {labels.max()} out of range 0-9")
-    return images, labels.astype(np.int32)
+    digests = {images_name: idx_digest(images), labels_name: idx_digest(labels)}
+    return images, labels.astype(np.int32), digests
 
 
 def _count(dataset: tf.data.Dataset) -> int:
@@ -139,22 +166,71 @@ def _count(dataset: tf.data.Dataset) -> int:
     return int(dataset.reduce(np.int64(0), lambda count, _: count + 1))
 
 
-def _load_tfds_split(name: str, split: str) -> tf.data.Dataset:
+def _cannot_load(name: str, reason: str) -> UsageError:
+    return UsageError(
+        f"cannot load TFDS dataset {name!r} ({reason}); "
+        "pass --data_dir DIR with the four MNIST IDX files to read a local copy"
+    )
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _check_download_hosts(name: str, urls) -> None:
+    """Raises :func:`_cannot_load` at once when a host of ``urls`` accepts no connection.
+
+    Offline, TFDS retries each download with growing pauses for about 3.5 minutes before it
+    gives up. A scheme with a proxy in the environment is left to TFDS: the hosts may be
+    reachable through the proxy only.
+    """
+    proxies = urllib.request.getproxies()
+    default_ports = {"http": 80, "https": 443, "ftp": 21}
+    addresses = set()
+    for url in urls:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or default_ports.get(parts.scheme)
+        if parts.hostname and port and parts.scheme not in proxies:
+            addresses.add((parts.hostname, port))
+    for host, port in sorted(addresses):
+        try:
+            with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT):
+                pass
+        except OSError as error:
+            raise _cannot_load(name, f"cannot reach {host}: {error}") from None
+
+
+def _prepared_tfds_builder(name: str):
+    """The TFDS builder of ``name``, its data downloaded and prepared."""
     import tensorflow_datasets as tfds
 
     try:
-        dataset = tfds.load(name, split=split, as_supervised=True, shuffle_files=False)
-    except Exception as error:  # noqa: BLE001 - TFDS raises many kinds; the user needs one line
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        builder = tfds.builder(name)
+    except tfds.core.DatasetNotFoundError:
         raise UsageError(
-            f"cannot load TFDS dataset {name!r} ({type(error).__name__}: {first_line}); "
-            "pass --data_dir DIR with the four MNIST IDX files to read a local copy"
+            f"--dataset {name!r} is not a TFDS dataset; 28x28 grayscale ones include "
+            f"{', '.join(IDX_DATASETS)}"
         ) from None
+    except Exception as error:  # noqa: BLE001 - TFDS raises many kinds; the user needs one line
+        raise _cannot_load(name, _first_line(error)) from None
+    if not builder.data_path.exists():  # what TFDS checks before it downloads
+        _check_download_hosts(name, builder.url_infos or ())
+    try:
+        builder.download_and_prepare()
+    except Exception as error:  # noqa: BLE001
+        raise _cannot_load(name, _first_line(error)) from None
+    return builder
+
+
+def _tfds_split(builder, split: str) -> tf.data.Dataset:
+    dataset = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
     image_spec, _ = dataset.element_spec
     if tuple(image_spec.shape) != (IMAGE_SIZE, IMAGE_SIZE, 1) or image_spec.dtype != tf.uint8:
+        found = f"{tuple(image_spec.shape)} {image_spec.dtype.name}"
         raise UsageError(
-            f"TFDS dataset {name!r} has images {tuple(image_spec.shape)} {image_spec.dtype.name};"
-            " need 28x28x1 uint8 (mnist, fashion_mnist, kmnist)"
+            f"TFDS dataset {builder.name!r} has images {found};"
+            f" need 28x28x1 uint8 ({', '.join(IDX_DATASETS)})"
         )
     return dataset.map(
         lambda image, label: (tf.squeeze(image, axis=-1), tf.cast(label, tf.int32)),
@@ -166,7 +242,8 @@ def load(dataset: str = "mnist", data_dir: str | None = None, validation_size: i
     """Loads the train and test splits.
 
     Args:
-      dataset: a TFDS dataset of 28x28x1 uint8 images with 10 classes (ignored with data_dir).
+      dataset: a TFDS dataset of 28x28x1 uint8 images with 10 classes; with data_dir, the
+        set its files hold (one of :data:`IDX_DATASETS`).
       data_dir: a folder with the four IDX files; None reads ``dataset`` from TFDS.
       validation_size: hold out the LAST this many training examples, as TF1's
         ``read_data_sets`` held out 5,000 (it kept them as a validation split; here they are
@@ -176,16 +253,23 @@ def load(dataset: str = "mnist", data_dir: str | None = None, validation_size: i
       :class:`MnistData`, each split cached in memory.
     """
     if data_dir is not None:
+        if dataset not in IDX_DATASETS:
+            raise UsageError(
+                f"--dataset must name the set in --data_dir's IDX files, one of "
+                f"{', '.join(IDX_DATASETS)}; got {dataset!r}"
+            )
         if not os.path.isdir(data_dir):
             raise UsageError(f"{data_dir}: no such folder (expected the four MNIST IDX files)")
-        splits = {}
+        splits, fingerprint = {}, {}
         for split in IDX_FILES:
-            images, labels = read_idx_split(data_dir, split)
+            images, labels, digests = read_idx_split(data_dir, split)
             splits[split] = tf.data.Dataset.from_tensor_slices((images, labels))
+            fingerprint.update(digests)
         source = data_dir
     else:
-        splits = {split: _load_tfds_split(dataset, split) for split in IDX_FILES}
-        source = f"tfds:{dataset}"
+        builder = _prepared_tfds_builder(dataset)
+        splits = {split: _tfds_split(builder, split) for split in IDX_FILES}
+        source, fingerprint = f"tfds:{dataset}", None
     train = splits["train"].cache()
     num_train = _count(train)
     if not 0 <= validation_size < num_train:
@@ -194,7 +278,7 @@ def load(dataset: str = "mnist", data_dir: str | None = None, validation_size: i
         num_train -= validation_size
         train = train.take(num_train)
     test = splits["test"].cache()
-    return MnistData(Split(train, num_train), Split(test, _count(test)), source)
+    return MnistData(Split(train, num_train), Split(test, _count(test)), source, fingerprint)
 
 
 def epoch_shuffle_seed(seed: int, epoch: int) -> int:

@@ -65,6 +65,7 @@ flags.DEFINE_string(
     " to --styles_dir.",
 )
 distribute.define_flags(flags)
+flags.adopt_module_key_flags(distribute)  # --help lists --strategy and --cpu_replicas
 flags.DEFINE_string(
     "styles_dir", os.path.join("experiments", "echo_deps"), "Where --suite styles writes."
 )

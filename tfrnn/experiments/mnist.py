@@ -1,7 +1,8 @@
 """MNIST row by row with an LSTM: ``python -m tfrnn.experiments.mnist --epochs 11``.
 
 Every field of :class:`tfrnn.mnist_model.Config` is a flag; ``--preset C1|C2|C3`` starts from
-a tutorial's configuration instead of the default one, and any other flag overrides it.
+a tutorial's configuration instead of the default one, and any other flag overrides it (an
+explicit ``--epochs`` replaces the step count of C2 and C3).
 Re-running the same command after an interruption resumes from the last checkpoint in
 ``--workdir``. Examples::
 
@@ -29,6 +30,7 @@ flags.DEFINE_string(
 flags.DEFINE_string("workdir", "runs/mnist", "checkpoints, metrics, plots and the exported model")
 flags.DEFINE_integer("checkpoint_every", 200, "checkpoint every this many steps (and each epoch)")
 distribute.define_flags(flags)
+flags.adopt_module_key_flags(distribute)  # --help lists --strategy and --cpu_replicas
 
 
 def _define_config_flags():
@@ -50,6 +52,14 @@ def _define_config_flags():
 _define_config_flags()
 
 
+def config_from_flags() -> mnist_model.Config:
+    """The run's configuration: ``--preset``'s (or the default one) and the flags given."""
+    overrides = {
+        field.name: FLAGS[field.name].value for field in dataclasses.fields(mnist_model.Config)
+    }
+    return mnist_model.config_for(FLAGS.preset, **overrides)
+
+
 def main(argv):
     if not FLAGS["verbosity"].present:
         # TensorFlow logs every checkpoint and export at INFO; --verbosity=0 shows them again.
@@ -58,10 +68,7 @@ def main(argv):
         raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     # First: --cpu_replicas splits the CPU, which must happen before TensorFlow starts.
     strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.cpu_replicas)
-    overrides = {
-        field.name: FLAGS[field.name].value for field in dataclasses.fields(mnist_model.Config)
-    }
-    config = mnist_model.config_for(FLAGS.preset, **overrides)
+    config = config_from_flags()
     title = f"MNIST rows, preset {FLAGS.preset.upper()}" if FLAGS.preset else "MNIST rows"
     with distribute.lost_workers_as_usage_errors():
         mnist_model.train_and_evaluate(
