@@ -156,7 +156,8 @@ BAD_CHECKPOINTS = {
         _without(_lstm_classifier(100), "Variable_1"),
         [],
         "looks like the graph of tutorial C1 or C2 (BasicLSTMCell and a classifier) but lacks "
-        "Variable_1",
+        "Variable_1; variables found: Variable (100, 10), rnn/basic_lstm_cell/bias (400,), "
+        "rnn/basic_lstm_cell/kernel (128, 400) (and 10 optimizer variables)",
     ),
     "misshaped_variable": (
         _with(_lstm_classifier(100), "rnn/basic_lstm_cell/kernel", (30, 400)),

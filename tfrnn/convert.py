@@ -78,6 +78,8 @@ DIGITS = 10
 DEFAULT_FORGET_BIAS = 1.0
 # Scalars TF1's optimizers and training loops keep beside the model's variables.
 BOOKKEEPING = ("beta1_power", "beta2_power", "global_step")
+# The slot names of TF1's optimizers: a slot is ``<variable>/<slot name>``.
+SLOT_NAMES = ("Adam", "Adam_1", "Adagrad", "Momentum", "RMSProp", "RMSProp_1", "Ftrl", "Ftrl_1")
 # What each tutorial's LSTM width was: where it tells C1 from C2.
 TUTORIAL_UNITS = {100: "C1", 128: "C2"}
 
@@ -173,16 +175,15 @@ def _nearby(prefix: str) -> str:
 def split_optimizer_variables(variables: dict) -> tuple[dict, tuple]:
     """(model variables, names of optimizer slots and bookkeeping scalars).
 
-    A slot is named after the variable it belongs to: ``<variable>/<slot name>``.
+    A slot is named after the variable it belongs to, ``<variable>/<slot name>``: one of
+    :data:`SLOT_NAMES`, or any name under another variable of the checkpoint.
     """
     slots = {
         name
         for name in variables
         if name in BOOKKEEPING
-        or any(
-            name.startswith(other + "/") and "/" not in name[len(other) + 1 :]
-            for other in variables
-        )
+        or name.rpartition("/")[2] in SLOT_NAMES
+        or name.rpartition("/")[0] in variables
     }
     model = {name: value for name, value in variables.items() if name not in slots}
     return model, tuple(sorted(slots))
