@@ -244,7 +244,7 @@ def test_commands_convert_export_and_predict_a_tf1_checkpoint(tf1_runs, tmp_path
         "--tutorial",
         "C2",
     )
-    assert "converted tutorial C2's graph" in printed and "12 units" in printed
+    assert "(tutorial C2: lstm cell, 12 units)" in printed
     _run("tfrnn.export", "--workdir", str(workdir), "--export_dir", str(models))
     np.save(tmp_path / "images.npy", data["eval_inputs"])
     lines = _run("tfrnn.predict", "--model", str(models), str(tmp_path / "images.npy"))

@@ -479,9 +479,8 @@ def main(argv, flag_values=None):
     if conversion.projection:
         sizes += f", input projection {conversion.projection}"
     print(
-        f"converted tutorial {conversion.tutorial}'s graph ({conversion.graph}) from "
-        f"{values.tf1_checkpoint}: a tfrnn {conversion.cell} cell of {sizes}, in "
-        f"{values.workdir}/model.keras"
+        f"converted {values.tf1_checkpoint} (tutorial {conversion.tutorial}: {conversion.cell} "
+        f"cell, {sizes}) to {values.workdir}/model.keras"
     )
     if conversion.optimizer_variables:
         print(f"left out {len(conversion.optimizer_variables)} optimizer variables")

@@ -27,6 +27,7 @@ import os
 import struct
 import sys
 import time
+import warnings
 
 # Both before TensorFlow's first import: the legacy cells exist only with legacy Keras.
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
@@ -447,6 +448,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     tf1.disable_v2_behavior()
     tf1.logging.set_verbosity(tf1.logging.ERROR)
+    # The legacy cells warn that they are deprecated: they are what the tutorials used.
+    warnings.filterwarnings("ignore", message=".*is deprecated", category=UserWarning)
     {"echo": run_echo, "mnist": run_mnist, "lockstep": run_lockstep}[args.command](args)
 
 
