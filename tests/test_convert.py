@@ -177,24 +177,33 @@ BAD_CHECKPOINTS = {
 }
 
 
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory):
+    """{case: (its folder, the finished command)}: every bad checkpoint through the real
+    command, the processes run side by side (each spends seconds importing TensorFlow)."""
+    running = {}
+    for case, (variables, flags, _) in BAD_CHECKPOINTS.items():
+        folder = tmp_path_factory.mktemp(case)
+        prefix = str(folder / "model.ckpt")
+        if variables is not None:
+            save_tf1_checkpoint(prefix, variables)
+        command = [sys.executable, "-m", "tfrnn.convert", "--tf1_checkpoint", prefix]
+        command += ["--workdir", str(folder / "out"), *flags]
+        running[case] = (folder, subprocess.Popen(command, env=ENV, stderr=subprocess.PIPE))
+    finished = {}
+    for case, (folder, process) in running.items():
+        _, stderr = process.communicate(timeout=120)
+        finished[case] = (folder, process.returncode, stderr.decode())
+    return finished
+
+
 @pytest.mark.parametrize("case", list(BAD_CHECKPOINTS))
-def test_bad_checkpoint_is_one_line_exit_2_and_nothing_written(tmp_path, case):
-    variables, flags, message = BAD_CHECKPOINTS[case]
-    prefix = str(tmp_path / "model.ckpt")
-    if variables is not None:
-        save_tf1_checkpoint(prefix, variables)
-    workdir = tmp_path / "out"
-    finished = subprocess.run(
-        [sys.executable, "-m", "tfrnn.convert", "--tf1_checkpoint", prefix]
-        + ["--workdir", str(workdir), *flags],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert finished.returncode == 2, finished.stderr
-    lines = finished.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), finished.stderr
+def test_bad_checkpoint_is_one_line_exit_2_and_nothing_written(bad_runs, case):
+    variables, _, message = BAD_CHECKPOINTS[case]
+    folder, returncode, stderr = bad_runs[case]
+    assert returncode == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     assert message in lines[0]
     # The line lists what the checkpoint holds (names and shapes).
     listed = "variables found: none" if variables is None else "variables found: "
@@ -202,7 +211,7 @@ def test_bad_checkpoint_is_one_line_exit_2_and_nothing_written(tmp_path, case):
     for name in variables or {}:
         if "/Adam" not in name and name not in convert.BOOKKEEPING:
             assert f"{name} {variables[name].shape}" in lines[0]
-    assert not workdir.exists()
-    assert sorted(os.listdir(tmp_path)) == (
+    assert not (folder / "out").exists()
+    assert sorted(os.listdir(folder)) == (
         [] if variables is None else ["model.ckpt.data-00000-of-00001", "model.ckpt.index"]
     )
