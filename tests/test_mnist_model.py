@@ -106,6 +106,17 @@ def test_presets_are_the_tutorials_runs():
         # TF1's reader: 55,000 training images, pixels in [0, 1] fed as they are.
         assert (preset.validation_size, preset.normalize) == (5000, False)
         assert preset.recurrent_init == "tf1"
+        assert preset.adam_epsilon == 1e-8  # TF1's AdamOptimizer; Keras' default is 1e-7
+    assert (c1.classifier_init, c2.classifier_init, c3.classifier_init) == (
+        "truncated_normal",
+        "random_normal",
+        "random_normal_bias_0.1",
+    )
+    assert (c1.projection_init, c2.projection_init, c3.projection_init) == (
+        "keras",
+        "keras",
+        "random_normal_bias_0.1",
+    )
 
 
 def test_c1_classifier_is_truncated_normal_with_bias_0_1():
@@ -117,6 +128,29 @@ def test_c1_classifier_is_truncated_normal_with_bias_0_1():
     assert 0.07 < kernel.std() < 0.1  # a 2-sigma truncated normal of sigma 0.1 has std 0.088
 
 
+def _is_standard_normal(values):
+    # 1,280 or more draws of N(0, 1): mean within 0.1 and std within 0.1 of 1 by a wide margin.
+    return abs(values.mean()) < 0.1 and abs(values.std() - 1.0) < 0.1
+
+
+def test_c2_classifier_weight_and_bias_are_random_normal_sigma_1():
+    model = mnist_model.build_model(mnist_model.PRESETS["C2"])
+    kernel, bias = model.get_layer("logits").get_weights()
+    assert kernel.shape == (128, 10) and _is_standard_normal(kernel)
+    assert bias.std() > 0.3  # drawn too (10 numbers: a loose check), not a constant
+    assert not np.any(np.isin(bias, kernel))  # its own draws, not the kernel's first numbers
+
+
+def test_c3_projection_and_classifier_weights_random_normal_biases_0_1():
+    model = mnist_model.build_model(mnist_model.PRESETS["C3"])
+    projection, classifier = model.get_layer("input_projection"), model.get_layer("logits")
+    assert projection.kernel.shape == (28, 128) and classifier.kernel.shape == (128, 10)
+    for layer in (projection, classifier):
+        assert _is_standard_normal(layer.kernel.numpy())
+        np.testing.assert_array_equal(layer.bias.numpy(), np.full(layer.bias.shape, 0.1, "f"))
+    assert not np.any(np.isin(projection.kernel.numpy()[0], classifier.kernel.numpy()))
+
+
 def test_tf1_recurrent_init_is_one_glorot_uniform_over_x_and_h():
     model = mnist_model.build_model(mnist_model.PRESETS["C1"])
     cell = model.get_layer("rnn").cell
@@ -124,6 +158,8 @@ def test_tf1_recurrent_init_is_one_glorot_uniform_over_x_and_h():
     for matrix in (cell.kernel.numpy(), cell.recurrent_kernel.numpy()):
         assert np.abs(matrix).max() <= limit
         assert np.abs(matrix).max() > 0.95 * limit
+    # Two independent draws, as the rows of TF1's one matrix are.
+    assert not np.any(cell.kernel.numpy() == cell.recurrent_kernel.numpy()[:28])
     forget_bias = cell.bias.numpy()[100:200]  # Keras gate order i, f, c, o
     np.testing.assert_array_equal(forget_bias, np.ones(100))
 
@@ -154,6 +190,9 @@ def test_an_explicit_epochs_replaces_a_presets_train_steps():
         ({"cell": "gru"}, "--cell must be one of simple, lstm, concat"),
         ({"schedule": "step"}, "--schedule must be one of constant, cosine"),
         ({"train_steps": -5}, "--train_steps must be >= 0"),
+        ({"adam_epsilon": 0.0}, "--adam_epsilon must be a positive number, got 0.0"),
+        ({"projection_init": "zeros"}, "--projection_init must be one of keras, random_normal"),
+        ({"classifier_init": "ones"}, "--classifier_init must be one of keras, truncated_normal"),
     ],
 )
 def test_validate_rejects_bad_values(overrides, message):
@@ -169,3 +208,4 @@ def test_cosine_schedule_decays_to_zero_over_the_run():
     constant = mnist_model.make_optimizer(mnist_model.PRESETS["C2"], total_steps=100)
     constant.iterations.assign(99)
     assert float(constant.learning_rate) == pytest.approx(1e-3)
+    assert constant.epsilon == 1e-8 and optimizer.epsilon == 1e-7

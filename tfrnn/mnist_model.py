@@ -40,7 +40,12 @@ PIXEL_MEAN = 0.1307
 PIXEL_STD = 0.3081
 SCHEDULES = ("constant", "cosine")
 RECURRENT_INITS = ("keras", "tf1")
-CLASSIFIER_INITS = ("keras", "truncated_normal")
+# Initialisers of a Dense layer (classifier, input projection), weights then bias:
+# keras: glorot-uniform, 0; truncated_normal: truncated normal sigma 0.1, 0.1 (tutorial C1);
+# random_normal: normal sigma 1 for both (tf.random_normal, C2's classifier);
+# random_normal_bias_0.1: normal sigma 1, 0.1 (C3's projection and classifier).
+CLASSIFIER_INITS = ("keras", "truncated_normal", "random_normal", "random_normal_bias_0.1")
+PROJECTION_INITS = ("keras", "random_normal_bias_0.1")
 CLASSIFIER_READS = ("last_output", "final_state")
 
 
@@ -67,12 +72,18 @@ class Config:
         "keras", "keras (glorot/orthogonal) or tf1 (one glorot-uniform over [x; h], as TF1 cells)"
     )
     classifier_init: str = _field(
-        "keras", "keras (glorot, bias 0) or truncated_normal (sigma 0.1, bias 0.1, tutorial C1)"
+        "keras",
+        "keras (glorot, bias 0), truncated_normal (sigma 0.1, bias 0.1: C1), random_normal "
+        "(sigma 1, bias too: C2) or random_normal_bias_0.1 (sigma 1, bias 0.1: C3)",
+    )
+    projection_init: str = _field(
+        "keras", "input projection: keras (glorot, bias 0) or random_normal_bias_0.1 (C3)"
     )
     classifier_reads: str = _field("last_output", "last_output or final_state (h)")
     unroll: bool = _field(False, "unroll the 28 steps like TF1 static_rnn instead of a loop")
     batch_size: int = _field(128, "global batch size")
     learning_rate: float = _field(2e-3, "Adam learning rate (initial, with the cosine schedule)")
+    adam_epsilon: float = _field(1e-7, "Adam's epsilon (Keras 1e-7; TF1's AdamOptimizer 1e-8)")
     schedule: str = _field("cosine", "learning-rate schedule: constant, or cosine decay to 0")
     epochs: int = _field(11, "training epochs")
     train_steps: int = _field(0, "training steps in all, instead of --epochs; 0: use --epochs")
@@ -81,10 +92,12 @@ class Config:
 
 
 # The tutorials' runs. TF1's read_data_sets kept 55,000 training images (validation_size 5000)
-# and fed pixels in [0, 1] without standardisation; its cells initialised one glorot-uniform
-# matrix over [x; h] (recurrent_init tf1) and BasicLSTMCell added forget_bias 1 (Keras'
-# unit_forget_bias, on by default in tfrnn.cells' lstm).
+# and fed pixels in [0, 1] without standardisation; its AdamOptimizer's epsilon was 1e-8; its
+# cells initialised one glorot-uniform matrix over [x; h] (recurrent_init tf1) and
+# BasicLSTMCell added forget_bias 1 (Keras' unit_forget_bias, on by default in tfrnn.cells'
+# lstm).
 _TUTORIAL = dict(
+    adam_epsilon=1e-8,
     validation_size=5000,
     normalize=False,
     recurrent_init="tf1",
@@ -105,9 +118,10 @@ PRESETS = {
         epochs=11,
     ),
     # C2 "basic LSTM on MNIST": 128 units, batch 128, Adam 1e-3, 800 iterations, static_rnn
-    # over an unstacked list (unroll), classifier on outputs[-1].
+    # over an unstacked list (unroll), classifier on outputs[-1], its weight and bias
+    # tf.random_normal (sigma 1).
     "C2": Config(
-        **_TUTORIAL | dict(unroll=True),
+        **_TUTORIAL | dict(unroll=True, classifier_init="random_normal"),
         classifier_reads="last_output",
         cell="lstm",
         units=128,
@@ -116,9 +130,15 @@ PRESETS = {
         train_steps=800,
     ),
     # C3 "RNN on handwriting": a Dense 28->128 input projection, 128 units, batch 128,
-    # Adam 1e-3, 1,000 iterations, classifier on the final state h.
+    # Adam 1e-3, 1,000 iterations, classifier on the final state h; projection and
+    # classifier weights tf.random_normal (sigma 1), their biases 0.1.
     "C3": Config(
-        **_TUTORIAL | dict(input_projection=128),
+        **_TUTORIAL
+        | dict(
+            input_projection=128,
+            projection_init="random_normal_bias_0.1",
+            classifier_init="random_normal_bias_0.1",
+        ),
         classifier_reads="final_state",
         cell="lstm",
         units=128,
@@ -174,14 +194,16 @@ def validate(config: Config) -> None:
     for name in ("input_projection", "train_steps", "validation_size", "seed"):
         value = getattr(config, name)
         check(value >= 0, f"--{name} must be >= 0, got {value}")
-    check(
-        math.isfinite(config.learning_rate) and config.learning_rate > 0,
-        f"--learning_rate must be a positive number, got {config.learning_rate}",
-    )
+    for name in ("learning_rate", "adam_epsilon"):
+        value = getattr(config, name)
+        check(
+            math.isfinite(value) and value > 0, f"--{name} must be a positive number, got {value}"
+        )
     for name, allowed in (
         ("schedule", SCHEDULES),
         ("recurrent_init", RECURRENT_INITS),
         ("classifier_init", CLASSIFIER_INITS),
+        ("projection_init", PROJECTION_INITS),
         ("classifier_reads", CLASSIFIER_READS),
     ):
         value = getattr(config, name)
@@ -193,13 +215,34 @@ def _recurrent_initializers(config: Config, input_dim: int) -> dict:
         return {}
     # TF1 cells multiply [x; h] by ONE matrix of (input_dim + units, gates * units) with the
     # default glorot-uniform initialiser; Keras splits it into kernel and recurrent_kernel,
-    # so both get that matrix's limit.
+    # so both get that matrix's limit, each from its own seed (one seed would repeat the
+    # kernel's numbers in the recurrent kernel's first rows).
     gates = 4 if config.cell == "lstm" else 1
     limit = math.sqrt(6.0 / (input_dim + config.units + gates * config.units))
-    uniform = keras.initializers.RandomUniform(-limit, limit, seed=config.seed)
+
+    def uniform(seed_offset):
+        return keras.initializers.RandomUniform(-limit, limit, seed=config.seed + seed_offset)
+
     if config.cell == "concat":  # already one matrix over [x; h]
-        return {"kernel_initializer": uniform}
-    return {"kernel_initializer": uniform, "recurrent_initializer": uniform}
+        return {"kernel_initializer": uniform(3)}
+    return {"kernel_initializer": uniform(3), "recurrent_initializer": uniform(4)}
+
+
+def _dense_initializers(name: str, seed: int) -> dict:
+    """A Dense layer's initialiser arguments for one of :data:`CLASSIFIER_INITS`."""
+    if name == "keras":
+        return {}
+    if name == "truncated_normal":
+        return dict(
+            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.1, seed=seed),
+            bias_initializer=keras.initializers.Constant(0.1),
+        )
+    kernel = keras.initializers.RandomNormal(stddev=1.0, seed=seed)
+    if name == "random_normal":
+        bias = keras.initializers.RandomNormal(stddev=1.0, seed=seed + 1)
+    else:  # random_normal_bias_0.1
+        bias = keras.initializers.Constant(0.1)
+    return dict(kernel_initializer=kernel, bias_initializer=bias)
 
 
 def build_model(config: Config) -> keras.Model:
@@ -213,7 +256,14 @@ def build_model(config: Config) -> keras.Model:
         )(rows)
     input_dim = size
     if config.input_projection:
-        rows = keras.layers.Dense(config.input_projection, name="input_projection")(rows)
+        rows = keras.layers.Dense(
+            config.input_projection,
+            name="input_projection",
+            # Its own seeds: Keras initialisers given one seed draw the same leading numbers
+            # whatever the shape, so each layer's seeds differ (classifier +0 and +1,
+            # projection +2, recurrent kernels +3 and +4).
+            **_dense_initializers(config.projection_init, config.seed + 2),
+        )(rows)
         input_dim = config.input_projection
     recurrent = make_rnn(
         config.cell,
@@ -228,13 +278,7 @@ def build_model(config: Config) -> keras.Model:
         features = states[0]  # h: [h] for simple/concat, [h, c] for lstm
     else:
         features = recurrent(rows)
-    if config.classifier_init == "truncated_normal":
-        classifier_init = dict(
-            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.1, seed=config.seed),
-            bias_initializer=keras.initializers.Constant(0.1),
-        )
-    else:
-        classifier_init = {}
+    classifier_init = _dense_initializers(config.classifier_init, config.seed)
     logits = keras.layers.Dense(mnist_data.NUM_CLASSES, name="logits", **classifier_init)(features)
     return keras.Model(images, logits, name="mnist_rows")
 
@@ -243,7 +287,7 @@ def make_optimizer(config: Config, total_steps: int) -> keras.optimizers.Optimiz
     learning_rate = config.learning_rate
     if config.schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, total_steps)
-    return keras.optimizers.Adam(learning_rate)
+    return keras.optimizers.Adam(learning_rate, epsilon=config.adam_epsilon)
 
 
 def accuracy(model: keras.Model, dataset: tf.data.Dataset) -> float:
