@@ -30,8 +30,9 @@ echo-styles: $(VENV)/.installed
 # MNIST row by row, 11 epochs: reads ../shared/datasets/mnist when it exists, else MNIST from
 # tensorflow-datasets. More flags: make mnist MNIST_FLAGS="--preset C1 --workdir runs/c1".
 MNIST_DATA := $(wildcard ../shared/datasets/mnist)
+# A preset in MNIST_FLAGS sets the run's length itself, so --epochs 11 goes only without one.
 mnist: $(VENV)/.installed
-	$(PY) -m tfrnn.experiments.mnist --epochs 11 $(if $(MNIST_DATA),--data_dir $(MNIST_DATA)) $(MNIST_FLAGS)
+	$(PY) -m tfrnn.experiments.mnist $(if $(findstring --preset,$(MNIST_FLAGS)),,--epochs 11) $(if $(MNIST_DATA),--data_dir $(MNIST_DATA)) $(MNIST_FLAGS)
 
 # Training and serving speed, side by side with PyTorch when TORCH_PYTHON names a Python with
 # torch (else that column is skipped); table + runs/bench/results.json. BENCH_FLAGS="--rounds 5".
