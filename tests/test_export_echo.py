@@ -174,16 +174,6 @@ def _step_inputs(kind, batch=2, **changes):
         ("step", lambda kind: _step_inputs(kind, batch=0), r"symbols is empty"),
         (
             "step",
-            lambda kind: _step_inputs(kind, h=np.full((2, STATE_SIZE), np.nan, np.float32)),
-            rf"h must be finite; got {2 * STATE_SIZE} NaN or inf values",
-        ),
-        (
-            "step",
-            lambda kind: _step_inputs(kind, h=np.array([[np.inf] + [0.0] * (STATE_SIZE - 1)] * 2)),
-            r"h must be finite; got 2 NaN or inf values",
-        ),
-        (
-            "step",
             lambda kind: _step_inputs(kind, symbols=np.int32(1)),
             r"symbols must have shape \[batch\] \(one symbol per stream\); got \[\]",
         ),
@@ -197,8 +187,6 @@ def _step_inputs(kind, batch=2, **changes):
         "state_width",
         "state_batch",
         "step_empty",
-        "nan_state",
-        "inf_state",
         "step_scalar",
     ],
 )

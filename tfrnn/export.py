@@ -154,13 +154,6 @@ def _in_range(tensor, name: str, low, high, described: str):
     )
 
 
-def _finite(tensor, name: str):
-    """(condition, data) that no value of ``tensor`` is NaN or infinite."""
-    finite = tf.math.is_finite(tensor)
-    count = tf.reduce_sum(tf.cast(tf.logical_not(finite), tf.int32))
-    return tf.reduce_all(finite), [f"{name} must be finite; got", count, "NaN or inf values"]
-
-
 def _after(checks, *tensors):
     """``tensors`` that depend on the assert ops of ``checks``, so nothing runs before them."""
     with tf.control_dependencies([_assert_in_order(checks)]):
@@ -270,7 +263,6 @@ def echo_archive(model: keras.Model) -> keras.export.ExportArchive:
             shape = f"[batch, {state_size}]"
             checks.append(functools.partial(_shape_check, state, name, (None, state_size), shape))
             checks.append(functools.partial(one_row_per_symbol, state, name, symbols))
-            checks.append(functools.partial(_finite, state, name))
         checks.append(lambda: symbol_range(symbols))
         symbols, *states = _after(checks, symbols, *states)
         logits, *new_states = stream_model([symbols[:, None], *states], training=False)
@@ -506,28 +498,6 @@ def _rest_response(outputs: dict[str, np.ndarray]) -> dict:
     }
 
 
-def _make_staging_folder(export_dir: str) -> str:
-    """A hidden, non-numeric folder in ``export_dir``: TF Serving ignores it until renamed."""
-    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
-        raise UsageError(f"--export_dir {export_dir} is a file, not a folder")
-    try:
-        os.makedirs(export_dir, exist_ok=True)
-        return tempfile.mkdtemp(prefix=".export-", dir=export_dir)
-    except OSError as error:
-        raise UsageError(f"cannot write to --export_dir {export_dir}: {error.strerror}") from error
-
-
-def _open_to_readers(folder: str) -> None:
-    """Gives ``folder`` and the folders in it the mode a plain mkdir gives (0o777 & ~umask).
-
-    ``mkdtemp`` makes 0700 folders, which a server running as another user could not read.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    for path, _, _ in os.walk(folder):
-        os.chmod(path, 0o777 & ~umask)
-
-
 def export_workdir(workdir: str, export_dir: str, version: int | None = None) -> dict:
     """Exports ``workdir``'s model to ``export_dir/<version>/`` and describes it beside it.
 
@@ -553,10 +523,11 @@ def export_workdir(workdir: str, export_dir: str, version: int | None = None) ->
             f"take the next free one ({existing[-1] + 1 if existing else 1})"
         )
     archive = mnist_archive(model) if task == "mnist" else echo_archive(model)
-    staging = _make_staging_folder(export_dir)
+    os.makedirs(export_dir, exist_ok=True)
+    # A hidden, non-numeric folder: TF Serving ignores it until the rename below.
+    staging = tempfile.mkdtemp(prefix=".export-", dir=export_dir)
     try:
         archive.write_out(staging, verbose=False)
-        _open_to_readers(staging)
         check_portable(staging)
         described = signatures(staging)
         examples = example_inputs(task, described)
@@ -575,8 +546,7 @@ def export_workdir(workdir: str, export_dir: str, version: int | None = None) ->
         os.rename(staging, version_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    # The name a server gives the model (MODEL_NAME, or a model_config_list entry): the task.
-    model_name = task
+    model_name = os.path.basename(os.path.normpath(os.path.abspath(export_dir)))
     url = f"http://localhost:{REST_PORT}/v1/models/{model_name}/versions/{version}:predict"
     requests = {}
     for signature, inputs in examples.items():
