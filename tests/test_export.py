@@ -96,6 +96,13 @@ def test_graph_has_no_cudnn_ops_and_the_check_catches_them(mnist, tmp_path):
         export.check_portable(str(tmp_path))
 
 
+def _with_pixel(value):
+    """Two blank images (2, 28, 28), one pixel of the second set to ``value``."""
+    images = np.zeros((2, 28, 28), np.float32)
+    images[1, 5, 7] = value
+    return images
+
+
 @pytest.mark.parametrize(
     "images, message",
     [
@@ -110,8 +117,20 @@ def test_graph_has_no_cudnn_ops_and_the_check_catches_them(mnist, tmp_path):
             np.full((1, 28, 28), 255.0, np.float32),
             r"scaled to \[0, 1\] \(pixel / 255\); got values from 255 to 255",
         ),
+        (_with_pixel(np.nan), r"rows must hold finite numbers; got 1 NaN or inf values"),
+        (_with_pixel(np.inf), r"rows must hold finite numbers; got 1 NaN or inf values"),
+        (_with_pixel(-np.inf), r"rows must hold finite numbers; got 1 NaN or inf values"),
     ],
-    ids=["rank", "inner_shape", "extra_axis", "empty_batch", "unscaled_pixels"],
+    ids=[
+        "rank",
+        "inner_shape",
+        "extra_axis",
+        "empty_batch",
+        "unscaled_pixels",
+        "nan",
+        "inf",
+        "-inf",
+    ],
 )
 def test_wrong_inputs_fail_at_the_signature(mnist, images, message):
     _, _, export_dir, _ = mnist

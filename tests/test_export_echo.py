@@ -199,6 +199,18 @@ def test_wrong_inputs_fail_at_the_signature(echo, signature, make_inputs, messag
     assert re.search(message, line), line
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_non_finite_states_fail_at_the_step_signature(echo, value):
+    kind, _, version_dir, _ = echo
+    for name in _states(kind):  # h, and c for an LSTM
+        state = np.zeros((2, STATE_SIZE), np.float32)
+        state[1, 0] = value
+        with pytest.raises(tf.errors.InvalidArgumentError) as error:
+            export.run_like_tf_serving(version_dir, "step", _step_inputs(kind, **{name: state}))
+        line = export.signature_error(error.value)
+        assert line == f"{name} must hold finite numbers; got 1 NaN or inf values", line
+
+
 def test_wrong_dtype_fails_at_the_signature(echo):
     _, _, version_dir, _ = echo
     signature = tf.saved_model.load(version_dir).signatures["serving_default"]

@@ -28,9 +28,9 @@ Which export a workdir gets follows from the model's input:
   state ``h`` (and ``c``), and returns ``probabilities`` float32 [None, 2] and the new state:
   a client of a stateless server streams by feeding each answer's state into the next call.
 
-Every signature checks its inputs first (rank and inner shape, empty batch, value range) and
-fails with a message that names the input, instead of an error from deep inside the graph:
-a server feeds request tensors straight to the graph without checking them against the
+Every signature checks its inputs first (rank and inner shape, empty batch, NaN or infinite
+values, value range) and fails with a message that names the input, instead of an error from
+deep inside the graph: a server feeds request tensors straight to the graph without checking them against the
 signature's shapes. The exported graph is checked for ``CudnnRNN*`` ops, which a CPU-only
 server cannot run, and run the way TF Serving runs it (:func:`run_like_tf_serving`) against
 the Keras model before the version is put in place.
@@ -154,6 +154,17 @@ def _in_range(tensor, name: str, low, high, described: str):
     )
 
 
+def _finite(tensor, name: str):
+    """(condition, data) that every value of ``tensor`` is a finite number (no NaN, no ±inf)."""
+    finite = tf.math.is_finite(tensor)
+    bad = tf.size(finite) - tf.math.count_nonzero(finite, dtype=tf.int32)
+    return tf.reduce_all(finite), [
+        f"{name} must hold finite numbers; got",
+        bad,
+        "NaN or inf values",
+    ]
+
+
 def _after(checks, *tensors):
     """``tensors`` that depend on the assert ops of ``checks``, so nothing runs before them."""
     with tf.control_dependencies([_assert_in_order(checks)]):
@@ -174,6 +185,7 @@ def mnist_archive(model: keras.Model) -> keras.export.ExportArchive:
                     rows, "rows", (None, IMAGE_SIZE, IMAGE_SIZE), "[batch, 28, 28]"
                 ),
                 lambda: (tf.size(rows) > 0, ["rows is an empty batch: send at least one image"]),
+                lambda: _finite(rows, "rows"),
                 lambda: _in_range(rows, "rows", 0.0, 1.0, "pixels scaled to [0, 1] (pixel / 255)"),
             ],
             rows,
@@ -263,6 +275,7 @@ def echo_archive(model: keras.Model) -> keras.export.ExportArchive:
             shape = f"[batch, {state_size}]"
             checks.append(functools.partial(_shape_check, state, name, (None, state_size), shape))
             checks.append(functools.partial(one_row_per_symbol, state, name, symbols))
+            checks.append(functools.partial(_finite, state, name))
         checks.append(lambda: symbol_range(symbols))
         symbols, *states = _after(checks, symbols, *states)
         logits, *new_states = stream_model([symbols[:, None], *states], training=False)
