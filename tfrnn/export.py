@@ -30,10 +30,10 @@ Which export a workdir gets follows from the model's input:
 
 Every signature checks its inputs first (rank and inner shape, empty batch, NaN or infinite
 values, value range) and fails with a message that names the input, instead of an error from
-deep inside the graph: a server feeds request tensors straight to the graph without checking them against the
-signature's shapes. The exported graph is checked for ``CudnnRNN*`` ops, which a CPU-only
-server cannot run, and run the way TF Serving runs it (:func:`run_like_tf_serving`) against
-the Keras model before the version is put in place.
+deep inside the graph: a server feeds request tensors straight to the graph without checking
+them against the signature's shapes. The exported graph is checked for ``CudnnRNN*`` ops,
+which a CPU-only server cannot run, and run the way TF Serving runs it
+(:func:`run_like_tf_serving`) against the Keras model before the version is put in place.
 """
 
 from __future__ import annotations
