@@ -96,6 +96,13 @@ def test_graph_has_no_cudnn_ops_and_the_check_catches_them(mnist, tmp_path):
         export.check_portable(str(tmp_path))
 
 
+def _with_pixel(value):
+    """Two blank images (2, 28, 28), one pixel of the second set to ``value``."""
+    images = np.zeros((2, 28, 28), np.float32)
+    images[1, 5, 7] = value
+    return images
+
+
 @pytest.mark.parametrize(
     "images, message",
     [
@@ -110,8 +117,20 @@ def test_graph_has_no_cudnn_ops_and_the_check_catches_them(mnist, tmp_path):
             np.full((1, 28, 28), 255.0, np.float32),
             r"scaled to \[0, 1\] \(pixel / 255\); got values from 255 to 255",
         ),
+        (_with_pixel(np.nan), r"rows must hold finite numbers; got 1 NaN or inf values"),
+        (_with_pixel(np.inf), r"rows must hold finite numbers; got 1 NaN or inf values"),
+        (_with_pixel(-np.inf), r"rows must hold finite numbers; got 1 NaN or inf values"),
     ],
-    ids=["rank", "inner_shape", "extra_axis", "empty_batch", "unscaled_pixels"],
+    ids=[
+        "rank",
+        "inner_shape",
+        "extra_axis",
+        "empty_batch",
+        "unscaled_pixels",
+        "nan",
+        "inf",
+        "-inf",
+    ],
 )
 def test_wrong_inputs_fail_at_the_signature(mnist, images, message):
     _, _, export_dir, _ = mnist
@@ -251,8 +270,78 @@ def test_command_exports_and_prints_the_signature(mnist, tmp_path):
         "serving_default: rows float32 [None, 28, 28] -> "
         "classes int64 [None], probabilities float32 [None, 10]"
     ) in result.stdout
-    assert "/v1/models/digits/versions/3:predict" in result.stdout
+    # The model is named after its task, not after the folder.
+    assert "/v1/models/mnist/versions/3:predict" in result.stdout
+    assert f'-v "{export_dir}:/models/mnist" -e MODEL_NAME=mnist' in result.stdout
+    assert "digits" not in result.stdout.replace(str(export_dir), "")
     assert export.versions(str(export_dir)) == [3]
+
+
+def test_the_model_is_named_after_its_task_not_its_folder(mnist):
+    # As MNIST training exports into its workdir: runs/mnist/export/1.
+    _, workdir, _, _ = mnist
+    export_dir = os.path.join(workdir, "export")
+    export.export_workdir(workdir, export_dir, version=1)
+    with open(os.path.join(export_dir, "1.json")) as handle:
+        description = json.load(handle)
+    assert description["model"] == "mnist"
+    rest = description["rest"]
+    assert rest["url"] == "http://localhost:8501/v1/models/mnist/versions/1:predict"
+    assert rest["requests"]["serving_default"]["curl"].startswith(f"curl -s -X POST {rest['url']} ")
+    assert "MODEL_NAME=mnist" in rest["model_name"] and "MODEL_NAME=mnist" in rest["serve"]
+    assert "/models/export" not in json.dumps(rest)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o027, 0o750)], ids=["022", "027"])
+def test_version_folders_get_the_mode_of_a_plain_mkdir(mnist, tmp_path, umask, mode):
+    _, workdir, _, _ = mnist
+    previous = os.umask(umask)
+    try:
+        export.export_workdir(workdir, str(tmp_path / "models"))
+    finally:
+        os.umask(previous)
+    version_dir = tmp_path / "models" / "1"
+    folders = [version_dir, *(path for path in version_dir.rglob("*") if path.is_dir())]
+    assert {path.name for path in folders} >= {"1", "variables"}
+    assert {oct(path.stat().st_mode & 0o777) for path in folders} == {oct(mode)}
+    for path in version_dir.rglob("*"):  # files are readable by whoever may enter the folders
+        if path.is_file():
+            assert path.stat().st_mode & 0o444 & mode == 0o444 & mode, path
+
+
+def test_unusable_export_dirs_are_one_line_usage_errors(mnist, tmp_path, monkeypatch):
+    _, workdir, _, _ = mnist
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(UsageError, match=f"^--export_dir {tmp_path / 'file'} is a file, not a"):
+        export.export_workdir(workdir, str(tmp_path / "file"))
+    inside_file = str(tmp_path / "file" / "models")
+    with pytest.raises(UsageError, match=f"^cannot write to --export_dir {inside_file}: Not a"):
+        export.export_workdir(workdir, inside_file)
+
+    # What a folder without write permission gives (root, who runs some tests, ignores modes).
+    def refuse(**kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(export.tempfile, "mkdtemp", refuse)
+    with pytest.raises(UsageError, match=r": Permission denied$"):
+        export.export_workdir(workdir, str(tmp_path / "locked"))
+
+
+def test_command_refuses_a_file_as_export_dir_in_one_line(mnist, tmp_path):
+    _, workdir, _, _ = mnist
+    (tmp_path / "file").write_text("not a folder")
+    result = subprocess.run(
+        [sys.executable, "-m", "tfrnn.export", f"--workdir={workdir}"]
+        + [f"--export_dir={tmp_path / 'file'}"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"error: --export_dir {tmp_path / 'file'} is a file, not a folder"
+    )
+    assert "Traceback" not in result.stderr
 
 
 def test_command_errors_are_usage_errors(tmp_path):

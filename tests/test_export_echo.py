@@ -31,10 +31,11 @@ def echo(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"echo_{kind}")
     config = {"cell": kind, "state_size": STATE_SIZE, "num_steps": 5, "mode": "stateful"}
     workdir = save_workdir(root / "run", trained, config)
-    description = export.export_workdir(workdir, str(root / "models" / "echo"))
+    # Into a folder named export, as a training workdir's: the model is named echo all the same.
+    description = export.export_workdir(workdir, str(root / "export"))
     reference = build_echo_model(kind, STATE_SIZE)
     reference.set_weights(trained.get_weights())
-    return kind, reference, os.path.join(root, "models", "echo", "1"), description
+    return kind, reference, os.path.join(root, "export", "1"), description
 
 
 def _states(kind):
@@ -69,6 +70,7 @@ def test_signatures_take_and_return_named_state(echo):
         }
     )
     assert description["source"]["config"]["cell"] == kind
+    assert description["model"] == "echo"
 
 
 def test_whole_sequence_matches_keras_through_the_tf_serving_path(echo):
@@ -110,6 +112,8 @@ def test_described_requests_give_the_described_answers(echo):
             body = json.load(handle)
         assert body == request["body"] and "instances" in body
         assert body.get("signature_name", "serving_default") == name
+        url = "http://localhost:8501/v1/models/echo/versions/1:predict"
+        assert request["curl"] == f"curl -s -X POST {url} -d @{request['request_file']}"
         answer = signatures[name](**rest_to_tensors(body, signatures[name]))
         (described,) = request["response"]["predictions"]
         for output in ["probabilities", *_states(kind)]:
@@ -197,6 +201,18 @@ def test_wrong_inputs_fail_at_the_signature(echo, signature, make_inputs, messag
     assert "assertion failed" in error.value.message
     line = export.signature_error(error.value)
     assert re.search(message, line), line
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_non_finite_states_fail_at_the_step_signature(echo, value):
+    kind, _, version_dir, _ = echo
+    for name in _states(kind):  # h, and c for an LSTM
+        state = np.zeros((2, STATE_SIZE), np.float32)
+        state[1, 0] = value
+        with pytest.raises(tf.errors.InvalidArgumentError) as error:
+            export.run_like_tf_serving(version_dir, "step", _step_inputs(kind, **{name: state}))
+        line = export.signature_error(error.value)
+        assert line == f"{name} must hold finite numbers; got 1 NaN or inf values", line
 
 
 def test_wrong_dtype_fails_at_the_signature(echo):

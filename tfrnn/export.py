@@ -11,7 +11,10 @@
 TF Serving serves ``<export_dir>/<integer version>/`` and ignores the other files. A new
 export takes the next free version (or ``--version N``) and never overwrites one: it is
 written to a hidden folder and renamed into place, so a server that watches the folder never
-sees half a model.
+sees half a model. Version folders get the mode of a plain ``mkdir`` (0755 under umask 022),
+so a server running as another user can read them. The model is named after its task,
+``mnist`` or ``echo``, whatever the folder: the curl commands in ``1.json`` use that name, and
+the server must serve the folder under it (``MODEL_NAME=mnist``).
 
 Which export a workdir gets follows from the model's input:
 
@@ -28,12 +31,12 @@ Which export a workdir gets follows from the model's input:
   state ``h`` (and ``c``), and returns ``probabilities`` float32 [None, 2] and the new state:
   a client of a stateless server streams by feeding each answer's state into the next call.
 
-Every signature checks its inputs first (rank and inner shape, empty batch, value range) and
-fails with a message that names the input, instead of an error from deep inside the graph:
-a server feeds request tensors straight to the graph without checking them against the
-signature's shapes. The exported graph is checked for ``CudnnRNN*`` ops, which a CPU-only
-server cannot run, and run the way TF Serving runs it (:func:`run_like_tf_serving`) against
-the Keras model before the version is put in place.
+Every signature checks its inputs first (rank and inner shape, empty batch, NaN or infinite
+values, value range) and fails with a message that names the input, instead of an error from
+deep inside the graph: a server feeds request tensors straight to the graph without checking
+them against the signature's shapes. The exported graph is checked for ``CudnnRNN*`` ops,
+which a CPU-only server cannot run, and run the way TF Serving runs it
+(:func:`run_like_tf_serving`) against the Keras model before the version is put in place.
 """
 
 from __future__ import annotations
@@ -154,6 +157,17 @@ def _in_range(tensor, name: str, low, high, described: str):
     )
 
 
+def _finite(tensor, name: str):
+    """(condition, data) that every value of ``tensor`` is a finite number (no NaN, no ±inf)."""
+    finite = tf.math.is_finite(tensor)
+    bad = tf.size(finite) - tf.math.count_nonzero(finite, dtype=tf.int32)
+    return tf.reduce_all(finite), [
+        f"{name} must hold finite numbers; got",
+        bad,
+        "NaN or inf values",
+    ]
+
+
 def _after(checks, *tensors):
     """``tensors`` that depend on the assert ops of ``checks``, so nothing runs before them."""
     with tf.control_dependencies([_assert_in_order(checks)]):
@@ -174,6 +188,7 @@ def mnist_archive(model: keras.Model) -> keras.export.ExportArchive:
                     rows, "rows", (None, IMAGE_SIZE, IMAGE_SIZE), "[batch, 28, 28]"
                 ),
                 lambda: (tf.size(rows) > 0, ["rows is an empty batch: send at least one image"]),
+                lambda: _finite(rows, "rows"),
                 lambda: _in_range(rows, "rows", 0.0, 1.0, "pixels scaled to [0, 1] (pixel / 255)"),
             ],
             rows,
@@ -263,6 +278,7 @@ def echo_archive(model: keras.Model) -> keras.export.ExportArchive:
             shape = f"[batch, {state_size}]"
             checks.append(functools.partial(_shape_check, state, name, (None, state_size), shape))
             checks.append(functools.partial(one_row_per_symbol, state, name, symbols))
+            checks.append(functools.partial(_finite, state, name))
         checks.append(lambda: symbol_range(symbols))
         symbols, *states = _after(checks, symbols, *states)
         logits, *new_states = stream_model([symbols[:, None], *states], training=False)
@@ -498,6 +514,92 @@ def _rest_response(outputs: dict[str, np.ndarray]) -> dict:
     }
 
 
+def _folder_mode() -> int:
+    """The mode a plain ``mkdir`` gives a new folder: 0o777 less the umask (0o755 for 022)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o777 & ~umask
+
+
+def _make_readable(folder: str) -> None:
+    """Gives ``folder`` and every folder in it the mode of a plain ``mkdir``.
+
+    The staging folder comes from ``mkdtemp`` (mode 0700) and the rename keeps its mode: a
+    TF Serving process running as another user could not read a version folder left so.
+    """
+    mode = _folder_mode()
+    for path, _, _ in os.walk(folder):
+        os.chmod(path, mode)
+
+
+def _make_staging(export_dir: str) -> str:
+    """A new hidden folder in ``export_dir`` (created if missing); one-line UsageError if not."""
+    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+        raise UsageError(f"--export_dir {export_dir} is a file, not a folder")
+    try:
+        os.makedirs(export_dir, exist_ok=True)
+        # Hidden and non-numeric: TF Serving ignores it until it is renamed to a version.
+        return tempfile.mkdtemp(prefix=".export-", dir=export_dir)
+    except OSError as error:
+        raise UsageError(f"cannot write to --export_dir {export_dir}: {error.strerror}") from error
+
+
+def _write_checked(task: str, model: keras.Model, staging: str) -> tuple[dict, dict, dict]:
+    """Writes the SavedModel to ``staging`` and checks it against ``model``.
+
+    Returns ``(signatures, example inputs, answers)``: :func:`signatures`, and per signature
+    the example request (:func:`example_inputs`) and the outputs TF Serving's path gives it.
+    """
+    archive = mnist_archive(model) if task == "mnist" else echo_archive(model)
+    archive.write_out(staging, verbose=False)
+    check_portable(staging)
+    described = signatures(staging)
+    examples = example_inputs(task, described)
+    answers = {}
+    for signature, inputs in examples.items():
+        answers[signature] = run_like_tf_serving(staging, signature, inputs)
+        expected = keras_reference(task, model, signature, inputs)
+        for name, value in expected.items():
+            # A mismatch is a bug in this module, not a user error: let it raise.
+            np.testing.assert_allclose(
+                answers[signature][name],
+                value,
+                atol=SELF_CHECK_TOLERANCE,
+                err_msg=f"export self-check: {signature} output {name} differs from Keras",
+            )
+    return described, examples, answers
+
+
+def _rest_description(task: str, export_dir: str, version: int, examples, answers) -> dict:
+    """Writes each example request beside the version; returns the ``rest`` part of its json.
+
+    The model is named after its task, whatever the folder: the URLs hold the name TF Serving
+    serves it under, ``MODEL_NAME`` (or the name in a model config), which must match.
+    """
+    url = f"http://localhost:{REST_PORT}/v1/models/{task}/versions/{version}:predict"
+    requests = {}
+    for signature, inputs in examples.items():
+        request_path = os.path.join(export_dir, f"{version}.{signature}.request.json")
+        body = rest_request(signature, inputs)
+        with open(request_path, "w") as handle:
+            json.dump(body, handle)
+        requests[signature] = {
+            "curl": f"curl -s -X POST {url} -d @{request_path}",
+            "request_file": request_path,
+            "body": body,
+            "response": _rest_response(answers[signature]),
+        }
+    mount = f"{os.path.abspath(export_dir)}:/models/{task}"
+    return {
+        "model_name": f"the URLs name the model {task}: serve {export_dir} with "
+        f'MODEL_NAME={task} (or name: "{task}" in a model config), or change them to match',
+        "serve": f'docker run --rm -p {REST_PORT}:{REST_PORT} -v "{mount}" '
+        f"-e MODEL_NAME={task} tensorflow/serving",
+        "url": url,
+        "requests": requests,
+    }
+
+
 def export_workdir(workdir: str, export_dir: str, version: int | None = None) -> dict:
     """Exports ``workdir``'s model to ``export_dir/<version>/`` and describes it beside it.
 
@@ -507,8 +609,9 @@ def export_workdir(workdir: str, export_dir: str, version: int | None = None) ->
       version: the version number; ``None`` for one above the highest there.
 
     Returns:
-      The description written to ``export_dir/<version>.json``: task, version, signatures,
-      REST requests with curl commands and the answers this version gives them.
+      The description written to ``export_dir/<version>.json``: model name (the task),
+      version, signatures, REST requests with curl commands and the answers this version
+      gives them.
     """
     if version is not None and version <= 0:
         raise UsageError(f"--version must be a positive integer, got {version}")
@@ -522,53 +625,22 @@ def export_workdir(workdir: str, export_dir: str, version: int | None = None) ->
             f"{version_dir} already exists and exports never overwrite; leave out --version to "
             f"take the next free one ({existing[-1] + 1 if existing else 1})"
         )
-    archive = mnist_archive(model) if task == "mnist" else echo_archive(model)
-    os.makedirs(export_dir, exist_ok=True)
-    # A hidden, non-numeric folder: TF Serving ignores it until the rename below.
-    staging = tempfile.mkdtemp(prefix=".export-", dir=export_dir)
+    staging = _make_staging(export_dir)
     try:
-        archive.write_out(staging, verbose=False)
-        check_portable(staging)
-        described = signatures(staging)
-        examples = example_inputs(task, described)
-        answers = {}
-        for signature, inputs in examples.items():
-            answers[signature] = run_like_tf_serving(staging, signature, inputs)
-            expected = keras_reference(task, model, signature, inputs)
-            for name, value in expected.items():
-                # A mismatch is a bug in this module, not a user error: let it raise.
-                np.testing.assert_allclose(
-                    answers[signature][name],
-                    value,
-                    atol=SELF_CHECK_TOLERANCE,
-                    err_msg=f"export self-check: {signature} output {name} differs from Keras",
-                )
+        described, examples, answers = _write_checked(task, model, staging)
+        _make_readable(staging)
         os.rename(staging, version_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    model_name = os.path.basename(os.path.normpath(os.path.abspath(export_dir)))
-    url = f"http://localhost:{REST_PORT}/v1/models/{model_name}/versions/{version}:predict"
-    requests = {}
-    for signature, inputs in examples.items():
-        request_path = os.path.join(export_dir, f"{version}.{signature}.request.json")
-        body = rest_request(signature, inputs)
-        with open(request_path, "w") as handle:
-            json.dump(body, handle)
-        requests[signature] = {
-            "curl": f"curl -s -X POST {url} -d @{request_path}",
-            "request_file": request_path,
-            "body": body,
-            "response": _rest_response(answers[signature]),
-        }
     description = {
-        "model": model_name,
+        "model": task,
         "task": task,
         "version": version,
         "saved_model": version_dir,
         "tag": SERVE_TAG,
         "inputs": _INPUT_NOTES[task],
         "signatures": described,
-        "rest": {"url": url, "requests": requests},
+        "rest": _rest_description(task, export_dir, version, examples, answers),
         "source": {"workdir": workdir, "config": config},
     }
     with open(os.path.join(export_dir, f"{version}.json"), "w") as handle:
@@ -587,7 +659,7 @@ _INPUT_NOTES = {
 
 
 def main(argv, flag_values=None):
-    """The command: export, then print the signatures and a curl command to try."""
+    """The command: export, then print the signatures, how to serve it and curl commands."""
     del argv  # flags only
     values = flags.FLAGS if flag_values is None else flag_values
     # TensorFlow's SavedModel writer logs every asset and shard at INFO.
@@ -602,6 +674,7 @@ def main(argv, flag_values=None):
     for name, signature in description["signatures"].items():
         print(f"  {name}: {_describe(signature['inputs'])} -> {_describe(signature['outputs'])}")
     print(f"description: {os.path.join(values.export_dir, str(description['version']))}.json")
+    print(f"serve it as {description['model']}: {description['rest']['serve']}")
     for name, request in description["rest"]["requests"].items():
         print(f"try ({name}): {request['curl']}")
 
