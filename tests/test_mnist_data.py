@@ -62,12 +62,13 @@ def test_fingerprint_is_each_uncompressed_files_size_and_sha256(tmp_path, compre
         assert digest == {"bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()}
 
 
-def test_validation_size_leaves_out_the_last_training_images(tmp_path):
+def test_validation_size_leaves_out_the_first_training_images(tmp_path):
+    # TF1's read_data_sets kept the first 5,000 training images as its validation split.
     arrays = write_tiny_mnist(tmp_path)
     data = mnist_data.load(data_dir=str(tmp_path), validation_size=15)
     assert data.train.num_examples == 25
     _, labels = _as_arrays(data.train.examples.batch(100))
-    np.testing.assert_array_equal(labels, arrays["train"][1][:25])
+    np.testing.assert_array_equal(labels, arrays["train"][1][15:])
     with pytest.raises(UsageError, match="validation_size"):
         mnist_data.load(data_dir=str(tmp_path), validation_size=40)
 

@@ -63,7 +63,7 @@ class Config:
         " its files hold: " + ", ".join(mnist_data.IDX_DATASETS),
     )
     data_dir: str | None = _field(None, "folder of the four MNIST IDX files (.gz or not)")
-    validation_size: int = _field(0, "leave out the last N training images (TF1 held out 5000)")
+    validation_size: int = _field(0, "leave out the first N training images (TF1 held out 5000)")
     cell: str = _field("lstm", "recurrent cell: " + ", ".join(CELL_KINDS))
     units: int = _field(128, "units of the recurrent cell")
     input_projection: int = _field(0, "units of a Dense layer on each row before the RNN; 0: none")

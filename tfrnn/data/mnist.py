@@ -245,7 +245,7 @@ def load(dataset: str = "mnist", data_dir: str | None = None, validation_size: i
       dataset: a TFDS dataset of 28x28x1 uint8 images with 10 classes; with data_dir, the
         set its files hold (one of :data:`IDX_DATASETS`).
       data_dir: a folder with the four IDX files; None reads ``dataset`` from TFDS.
-      validation_size: hold out the LAST this many training examples, as TF1's
+      validation_size: hold out the FIRST this many training examples, as TF1's
         ``read_data_sets`` held out 5,000 (it kept them as a validation split; here they are
         only left out, so that a preset trains on the same 55,000 images).
 
@@ -276,7 +276,7 @@ def load(dataset: str = "mnist", data_dir: str | None = None, validation_size: i
         raise UsageError(f"--validation_size must be in [0, {num_train}), got {validation_size}")
     if validation_size:
         num_train -= validation_size
-        train = train.take(num_train)
+        train = train.skip(validation_size)
     test = splits["test"].cache()
     return MnistData(Split(train, num_train), Split(test, _count(test)), source, fingerprint)
 
