@@ -51,6 +51,22 @@ def make_task(epochs=3, corrupt=None):
     )
 
 
+def _scalars(workdir):
+    """{tag: [(step, value), ...]} over every TensorBoard event file of ``workdir``."""
+    scalars = {}
+    for path in sorted((workdir / "tensorboard").iterdir()):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append(
+                    (event.step, float(tf.make_ndarray(value.tensor)))
+                )
+    return scalars
+
+
+def _event_files(workdir):
+    return sorted(os.listdir(workdir / "tensorboard"))
+
+
 def _without_seconds(history):
     return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
 
@@ -79,16 +95,21 @@ def test_fit_learns_and_writes_metrics_summaries_plot_and_checkpoints(reference)
     for record in result.history:
         assert set(record) == {
             "epoch",
+            "step",
             "train_loss",
             "train_accuracy",
             "test_loss",
             "test_accuracy",
             "seconds",
         }
+    assert [record["step"] for record in result.history] == [4, 8, 12]
+    # One training point per call: calls end at checkpoints (every 3 steps) and epoch ends.
+    assert [point["step"] for point in metrics["steps"]] == [3, 4, 6, 8, 9, 12]
+    assert metrics["steps"][0]["train_loss"] > metrics["steps"][-1]["train_loss"]
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert result.history[-1]["test_accuracy"] > 0.6  # chance is 1/3
     assert (workdir / "curves.png").stat().st_size > 1000
-    assert any(name.startswith("events.out") for name in os.listdir(workdir / "tensorboard"))
+    assert len(_event_files(workdir)) == 1
     assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-12")
     # Evaluation reproduces the recorded test accuracy from the returned model.
     inputs, labels = _synthetic_examples()
@@ -119,13 +140,85 @@ def test_interrupted_run_resumes_to_the_same_weights_and_metrics(reference, tmp_
         resumed.model.get_weights(), uninterrupted.model.get_weights(), strict=True
     ):
         np.testing.assert_array_equal(got, expected)
-    # A finished run re-run trains nothing and keeps its history.
+    with open(tmp_path / "metrics.json") as handle:
+        resumed_metrics = json.load(handle)
+    with open(reference[0] / "metrics.json") as handle:
+        assert resumed_metrics["steps"] == json.load(handle)["steps"]
+    # TensorBoard got each point once: the steps redone after the checkpoint are not repeated.
+    assert [step for step, _ in _scalars(tmp_path)["train/running_loss"]] == [3, 4, 6, 8, 9, 12]
+    # A finished run re-run trains nothing, keeps its history and writes no event file.
+    event_files = _event_files(tmp_path)
+    assert len(event_files) == 2  # the interrupted run's and the resumed run's
     again = _fit(make_task(), tmp_path)
     assert again.resumed_from_step == 3 * STEPS_PER_EPOCH
     assert again.history == resumed.history
+    assert _event_files(tmp_path) == event_files
     # The same workdir with another configuration is refused before anything is built.
     with pytest.raises(UsageError, match=r"another configuration \(epochs: 3 -> 4\)"):
         training.fit(make_task(), str(tmp_path), {**CONFIG, "epochs": 4}, verbose=False)
+
+
+def test_every_tensorboard_scalar_is_at_the_global_step(reference):
+    workdir, result = reference
+    scalars = _scalars(workdir)
+    with open(workdir / "metrics.json") as handle:
+        points = json.load(handle)["steps"]
+    assert scalars["train/running_loss"] == [
+        (point["step"], pytest.approx(point["train_loss"])) for point in points
+    ]
+    assert [step for step, _ in scalars["train/running_accuracy"]] == [3, 4, 6, 8, 9, 12]
+    for tag, key in (("train/loss", "train_loss"), ("test/accuracy", "test_accuracy")):
+        assert scalars[tag] == [(r["step"], pytest.approx(r[key])) for r in result.history]
+    assert {tag: [step for step, _ in values] for tag, values in scalars.items()} == {
+        **{tag: [3, 4, 6, 8, 9, 12] for tag in ("train/running_loss", "train/running_accuracy")},
+        **{
+            tag: [4, 8, 12]
+            for tag in ("train/loss", "train/accuracy", "test/loss", "test/accuracy", "seconds")
+        },
+    }
+
+
+def test_tensorboard_reads_the_summaries_as_scalars(reference):
+    # The viewer the README points to (requirements-dev.txt) shows these tags as scalars.
+    from tensorboard.backend.event_processing import plugin_event_accumulator
+
+    workdir, _ = reference
+    accumulator = plugin_event_accumulator.EventAccumulator(str(workdir / "tensorboard"))
+    accumulator.Reload()
+    assert set(accumulator.PluginTagToContent("scalars")) == {
+        "train/running_loss",
+        "train/running_accuracy",
+        "train/loss",
+        "train/accuracy",
+        "test/loss",
+        "test/accuracy",
+        "seconds",
+    }
+    assert [event.step for event in accumulator.Tensors("test/loss")] == [4, 8, 12]
+
+
+def test_curves_of_a_one_epoch_run_are_lines_with_plain_tick_labels(tmp_path):
+    _fit(make_task(epochs=1), tmp_path)
+    with open(tmp_path / "metrics.json") as handle:
+        figure = training.curves_figure(json.load(handle), "one epoch")
+    figure.canvas.draw()
+    for axis in figure.axes:
+        train_line, test_line = axis.get_lines()
+        assert list(train_line.get_xdata()) == [3, 4]  # the training points of epoch 1
+        assert list(test_line.get_xdata()) == [4]  # its test result, on the same step axis
+        labels = [label.get_text() for label in axis.get_yticklabels(which="both")]
+        labels += [label.get_text() for label in axis.get_xticklabels()]
+        assert all(
+            label.replace(".", "").replace("\u2212", "").isdigit() for label in labels if label
+        )
+        assert any(labels)
+    # Nothing drawn outside the figure: no cut-off axis label.
+    renderer = figure.canvas.get_renderer()
+    figure_box = figure.bbox
+    for axis in figure.axes:
+        box = axis.get_tightbbox(renderer)
+        assert figure_box.x0 <= box.x0 and box.x1 <= figure_box.x1
+        assert figure_box.y0 <= box.y0 and box.y1 <= figure_box.y1
 
 
 def test_nan_loss_stops_with_one_line_error_and_keeps_last_good_checkpoint(tmp_path):

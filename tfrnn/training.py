@@ -18,13 +18,13 @@ does the rest:
   each its own XLA call; TensorFlow runs the calls side by side and the gradients (sums over
   rows) add up. XLA runs a small recurrent model on one core, so this is what uses the
   others (+30% on 2 cores, experiments/bench/README.md). The gradient is the same up to
-  float rounding, and a run is as deterministic as before.
+  float rounding, and a run stays deterministic.
 * Several steps run in one ``tf.function`` call (:data:`STEPS_PER_CALL`, ending at every
-  checkpoint and epoch end): Python no longer waits for each step before queueing the next.
+  checkpoint and epoch end): Python does not wait for each step before queueing the next.
   The call stops after the first non-finite loss, and the progress bar still sees every step.
 * Resume loses nothing. A ``tf.train.Checkpoint`` holds the weights, the optimiser (its step
   counter included), the global step, the number of finished epochs, the partial epoch's
-  loss/accuracy sums and seconds, and the finished epochs' records. The data position is the
+  loss/accuracy sums and seconds, and the records of metrics.json. The data position is the
   global step: ``Task.train_batches(epoch, skip)`` must give the same batches for the same
   epoch (e.g. a shuffle seeded from (seed, epoch)) and start after ``skip`` of them. Killed at
   any point, the same command continues from the last checkpoint and ends with the same
@@ -39,8 +39,11 @@ does the rest:
   batch is split over the replicas (sharding by data, not by file), so the run's numbers do
   not depend on the number of replicas (to float rounding).
 
-The workdir receives ``config.json``, ``metrics.json`` (``{"config": ..., "epochs": [...]}``),
-TensorBoard summaries under ``tensorboard/``, ``curves.png`` and ``checkpoints/``.
+The workdir receives ``config.json``; ``metrics.json``, ``{"config": ..., "epochs": [...],
+"steps": [...]}``: one record per epoch (its last global ``step``, train and test loss and
+accuracy, seconds) and the training loss and accuracy of the steps since the previous point,
+one point per call (:class:`_RunLog`); TensorBoard scalars of both under ``tensorboard/``, all
+against the global step; ``curves.png`` (:func:`curves_figure`) and ``checkpoints/``.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from collections.abc import Callable
 import keras
 import numpy as np
 import tensorflow as tf
+from matplotlib import ticker
 from tensorflow.core.framework import summary_pb2
 
 from tfrnn import distribute
@@ -164,35 +168,66 @@ def _check_same_config(workdir: str, config: dict, *, write: bool) -> None:
         write_json_atomically(path, config)
 
 
-def plot_curves(history: list, path: str, title: str = "") -> None:
-    """Writes a PNG of train/test loss and accuracy per epoch."""
+def curves_figure(log: dict, title: str = ""):
+    """A matplotlib Figure of a run's loss and accuracy against the global step.
+
+    ``log`` is metrics.json's content: the training points of ``log["steps"]`` are drawn as
+    lines (so a one-epoch run shows its whole curve), the epochs' test results as markers at
+    each epoch's last step.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [record["epoch"] for record in history]
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
-    # Fixed margins: tight_layout measures every tick label and costs about a second.
-    figure.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.86, wspace=0.25)
-    for split in ("train", "test"):
-        loss_axis.plot(epochs, [r[f"{split}_loss"] for r in history], marker="o", label=split)
-        accuracy_axis.plot(
-            epochs, [100 * r[f"{split}_accuracy"] for r in history], marker="o", label=split
+    steps = [point["step"] for point in log["steps"]]
+    epoch_ends = [record["step"] for record in log["epochs"]]
+    for axis, key, scale in ((loss_axis, "loss", 1), (accuracy_axis, "accuracy", 100)):
+        axis.plot(steps, [scale * p[f"train_{key}"] for p in log["steps"]], label="train")
+        axis.plot(
+            epoch_ends,
+            [scale * r[f"test_{key}"] for r in log["epochs"]],
+            marker="o",
+            label="test (epoch end)",
         )
-    loss_axis.set(xlabel="epoch", ylabel="cross-entropy (nats)", yscale="log", title="loss")
-    accuracy_axis.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    for axis in (loss_axis, accuracy_axis):
+        axis.set_xlabel("training step")
+        axis.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        axis.ticklabel_format(axis="x", style="plain", useOffset=False)
         axis.grid(True, alpha=0.3)
         axis.legend()
+    loss_axis.set(ylabel="cross-entropy (nats)", yscale="log", title="loss")
+    # Plain numbers (0.2, 1, 3) on the log axis, where matplotlib would print 2×10^-1.
+    loss_axis.yaxis.set_major_formatter(_PlainLogFormatter())
+    loss_axis.yaxis.set_minor_formatter(
+        _PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5))
+    )
+    accuracy_axis.set(ylabel="accuracy (%)", title="accuracy")
     if title:
         figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+class _PlainLogFormatter(ticker.LogFormatter):
+    """LogFormatter's choice of which ticks to label, printed as plain numbers."""
+
+    def __call__(self, x, pos=None):
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+def plot_curves(log: dict, path: str, title: str = "") -> None:
+    """Writes :func:`curves_figure` of ``log`` (metrics.json's content) as a PNG."""
+    import matplotlib.pyplot as plt
+
+    figure = curves_figure(log, title)
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
 # TensorBoard's scalar plugin metadata, written by hand: tf.summary.scalar needs the
-# tensorboard package, which tfrnn does not depend on; the event files are the same.
+# tensorboard package, which only the viewer needs (requirements-dev.txt); the event files
+# are the same.
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
 ).SerializeToString()
@@ -201,6 +236,76 @@ _SCALAR_METADATA = summary_pb2.SummaryMetadata(
 def write_scalar(name: str, value: float, step: int) -> None:
     """Writes a TensorBoard scalar to the default summary writer."""
     tf.summary.write(name, tf.constant(value, tf.float32), step=step, metadata=_SCALAR_METADATA)
+
+
+# TensorBoard tag of each record field; every scalar's step is the global training step.
+_STEP_TAGS = {"train_loss": "train/running_loss", "train_accuracy": "train/running_accuracy"}
+_EPOCH_TAGS = {
+    "train_loss": "train/loss",
+    "train_accuracy": "train/accuracy",
+    "test_loss": "test/loss",
+    "test_accuracy": "test/accuracy",
+    "seconds": "seconds",
+}
+
+
+class _RunLog:
+    """What a run records: metrics.json's ``epochs`` and ``steps``, and their TensorBoard copy.
+
+    ``steps`` holds the training loss and accuracy of the batches since the previous point,
+    one point per training call (at most :data:`STEPS_PER_CALL` steps); ``epochs`` one record
+    per finished epoch. Both travel in the checkpoint (:attr:`variable`), so a resumed run
+    keeps every point. A record goes to TensorBoard once a checkpoint holds it
+    (:meth:`summarize`), so the steps a resumed run redoes are not written twice; the event
+    file is created with the first scalar, so a run with nothing left to train writes none.
+    """
+
+    def __init__(self, workdir: str, chief: bool):
+        self.workdir, self.chief = workdir, chief
+        self.records = {"epochs": [], "steps": []}
+        self.variable = tf.Variable(json.dumps(self.records), trainable=False, name="log")
+        self._summarized = {"epochs": 0, "steps": 0}
+        self._writer = None
+
+    def restored(self) -> None:
+        """Takes the records from :attr:`variable`, just restored from a checkpoint."""
+        self.records = json.loads(self.variable.numpy().decode())
+        self._summarized = {kind: len(records) for kind, records in self.records.items()}
+
+    def add(self, kind: str, record: dict) -> None:
+        self.records[kind].append(record)
+
+    def before_checkpoint(self) -> None:
+        self.variable.assign(json.dumps(self.records))
+
+    def summarize(self) -> None:
+        """Writes the records not yet in TensorBoard (the chief's only)."""
+        if not self.chief:
+            return
+        for kind, tags in (("steps", _STEP_TAGS), ("epochs", _EPOCH_TAGS)):
+            for record in self.records[kind][self._summarized[kind] :]:
+                if self._writer is None:
+                    self._writer = tf.summary.create_file_writer(
+                        os.path.join(self.workdir, "tensorboard")
+                    )
+                with self._writer.as_default():
+                    for key, tag in tags.items():
+                        write_scalar(tag, record[key], record["step"])
+            self._summarized[kind] = len(self.records[kind])
+        if self._writer is not None:
+            self._writer.flush()
+
+    def write_metrics(self, config: dict) -> None:
+        if self.chief:
+            write_json_atomically(
+                os.path.join(self.workdir, "metrics.json"), {"config": config, **self.records}
+            )
+
+
+def _training_point(step: int, sums) -> dict:
+    """The ``steps`` record of the batches whose (loss, correct, examples) sums are ``sums``."""
+    loss, correct, count = sums
+    return {"step": step, "train_loss": loss / count, "train_accuracy": correct / count}
 
 
 def _all_finite(variables) -> bool:
@@ -304,7 +409,7 @@ def fit(
     correct_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="epoch_correct_sum")
     example_count = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="epoch_examples")
     epoch_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="epoch_seconds")
-    history_json = tf.Variable("[]", dtype=tf.string, trainable=False, name="history")
+    run_log = _RunLog(workdir, chief)
     checkpoint = tf.train.Checkpoint(
         model_variables=list(model.variables),
         optimizer=optimizer,
@@ -314,7 +419,7 @@ def fit(
         correct_sum=correct_sum,
         example_count=example_count,
         epoch_seconds=epoch_seconds,
-        history=history_json,
+        log=run_log.variable,
     )
     checkpoint_dir = os.path.join(workdir, "checkpoints")
     # Saving is a collective step, so every worker saves; only the chief's copy is kept.
@@ -323,6 +428,7 @@ def fit(
     latest = tf.train.latest_checkpoint(checkpoint_dir)
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
+        run_log.restored()
         if verbose:
             print(
                 f"resuming from {latest} (step {int(global_step)}, {int(epochs_done)} epochs done)",
@@ -330,7 +436,6 @@ def fit(
             )
     resumed_from_step = int(global_step)
     _check_workers_agree(strategy, global_step)
-    history = json.loads(history_json.numpy().decode())
 
     def forward(model_inputs, labels, training):
         """Loss and statistics of one replica's batch: sums, so that replicas add up."""
@@ -408,7 +513,7 @@ def fit(
     def train_steps(iterator, num_steps):
         """Up to ``num_steps`` steps in one call, stopping after the first non-finite loss.
 
-        One call for several steps: the host no longer waits for each step's statistics and
+        One call for several steps: the host does not wait for each step's statistics and
         pays Python's dispatch once per call, not once per step. Returns the last step's loss
         (non-finite if the run diverged) and, shape (steps run, 2), the epoch's running loss
         and accuracy after each step (for the progress bar).
@@ -456,12 +561,13 @@ def fit(
                 f"weights became NaN/inf by step {int(global_step)}; kept the last good "
                 f"checkpoint ({last_good_checkpoint()}); lower the learning rate"
             )
+        run_log.before_checkpoint()
         manager.save(checkpoint_number=int(global_step))
+        run_log.summarize()
 
-    if chief:
-        summary_writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
-    else:
-        summary_writer = tf.summary.create_noop_writer()
+    def sums():
+        return np.array([float(loss_sum), float(correct_sum), float(example_count)])
+
     for epoch in range(int(epochs_done), task.num_epochs):
         epoch_steps = min(task.steps_per_epoch, task.total_steps - epoch * task.steps_per_epoch)
         done_in_epoch = int(global_step) - epoch * task.steps_per_epoch
@@ -482,6 +588,7 @@ def fit(
                 epoch_steps - step_in_epoch,
                 checkpoint_every - int(global_step) % checkpoint_every,
             )
+            sums_before = sums()
             batch_loss, running = train_steps(iterator, tf.constant(num_steps, tf.int64))
             batch_loss = float(batch_loss)
             step_in_epoch = int(global_step) - epoch * task.steps_per_epoch
@@ -491,13 +598,12 @@ def fit(
                     f"batch {step_in_epoch}); kept the last good checkpoint "
                     f"({last_good_checkpoint()}); lower the learning rate"
                 )
+            run_log.add("steps", _training_point(int(global_step), sums() - sums_before))
             running = running.numpy()
             first_step = step_in_epoch - len(running) + 1
             for step, (epoch_loss, epoch_accuracy) in enumerate(running, start=first_step):
                 progress.update(step, [("loss", epoch_loss), ("accuracy", epoch_accuracy)])
             if step_in_epoch < epoch_steps and int(global_step) % checkpoint_every == 0:
-                with summary_writer.as_default():
-                    write_scalar("train/running_loss", epoch_loss, int(global_step))
                 now = time.perf_counter()
                 epoch_seconds.assign_add(now - segment_start)
                 save_checkpoint()
@@ -507,21 +613,15 @@ def fit(
         epoch_seconds.assign_add(time.perf_counter() - segment_start)
         record = {
             "epoch": epoch + 1,
+            "step": int(global_step),
             "train_loss": float(loss_sum / example_count),
             "train_accuracy": float(correct_sum / example_count),
             "test_loss": test_loss,
             "test_accuracy": test_accuracy,
             "seconds": round(float(epoch_seconds), 2),
         }
-        history.append(record)
-        if chief:
-            write_json_atomically(
-                os.path.join(workdir, "metrics.json"), {"config": config, "epochs": history}
-            )
-        with summary_writer.as_default():
-            for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"):
-                write_scalar(key.replace("_", "/", 1), record[key], epoch + 1)
-        summary_writer.flush()
+        run_log.add("epochs", record)
+        run_log.write_metrics(config)
         if verbose:
             print(
                 f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} accuracy "
@@ -532,12 +632,12 @@ def fit(
         for accumulator in (loss_sum, correct_sum, example_count, epoch_seconds):
             accumulator.assign(0.0)
         epochs_done.assign(epoch + 1)
-        history_json.assign(json.dumps(history))
         save_checkpoint()
 
+    history = run_log.records["epochs"]
     if chief and history:
         # Once at the end, not per epoch: a plot costs about a second.
-        plot_curves(history, os.path.join(workdir, "curves.png"), title)
+        plot_curves(run_log.records, os.path.join(workdir, "curves.png"), title)
     if not chief:
         shutil.rmtree(write_dir, ignore_errors=True)
     return Result(model=model, history=history, resumed_from_step=resumed_from_step)
