@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test lint echo-deps echo-styles mnist bench
+.PHONY: test lint echo-deps echo-styles record-echo mnist bench
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +19,20 @@ lint: $(VENV)/.installed
 test: lint
 	$(PY) -m pytest
 
-# Echo dependencies: the tutorial's (5, 4) and (10, 16); table + runs/echo_deps/summary.json.
+# Echo dependencies: the tutorial's (5, 4) and (10, 16); table, summary.json and summary.png
+# in runs/echo_deps/canonical/.
 echo-deps: $(VENV)/.installed
 	$(PY) -m tfrnn.experiments.echo_deps --suite canonical
 
-# TF-style n and 2n against true truncated BPTT n; table and plot to experiments/echo_deps/.
+# TF-style n and 2n against true truncated BPTT n; table and plots in runs/echo_deps/styles/.
 echo-styles: $(VENV)/.installed
 	$(PY) -m tfrnn.experiments.echo_deps --suite styles
+
+# Refreshes the recorded results in experiments/echo_deps/ (tracked files): both suites again,
+# the canonical summary copied there and the styles' table and plots written there.
+record-echo: echo-deps
+	cp runs/echo_deps/canonical/summary.json runs/echo_deps/canonical/summary.png experiments/echo_deps/
+	$(PY) -m tfrnn.experiments.echo_deps --suite styles --styles_dir experiments/echo_deps
 
 # MNIST row by row, 11 epochs: reads ../shared/datasets/mnist when it exists, else MNIST from
 # tensorflow-datasets. More flags: make mnist MNIST_FLAGS="--preset C1 --workdir runs/c1".

@@ -103,6 +103,34 @@ def fresh_flags():
     flags.FLAGS.unparse_flags()
 
 
+def _main(*arguments):
+    """The command, in process, with ``arguments`` and every other flag at its default."""
+    flags.FLAGS.unparse_flags()
+    echo_deps.main(flags.FLAGS(["echo_deps", *arguments]))
+
+
+def test_default_runs_each_write_their_own_folder_under_runs(tmp_path, monkeypatch, fresh_flags):
+    # The canonical suite's first configuration is the default single run's, (5, 4).
+    monkeypatch.setattr(echo_train, "CANONICAL", ((5, 4, 1),))
+    monkeypatch.setattr(echo_train, "STYLES_N", (1,))
+    monkeypatch.setattr(echo_train, "STYLES_STATE_SIZES", (2,))
+    monkeypatch.chdir(tmp_path)
+    _main("--series_length=100000", "--seed=1")
+    _main("--suite=canonical", "--series_length=100000")
+    _main("--suite=styles", "--series_length=100000", "--epochs=1")
+
+    root = tmp_path / "runs" / "echo_deps"
+    single = json.loads((root / SMALL.name / "metrics.json").read_text())
+    assert single["config"]["seed"] == 1  # not overwritten by the suite's seed-0 run
+    canonical = json.loads((root / "canonical" / SMALL.name / "metrics.json").read_text())
+    summary = json.loads((root / "canonical" / "summary.json").read_text())
+    assert [record["final_loss"] for record in summary] == [canonical["final_loss"]]
+    assert canonical["final_loss"] != single["final_loss"]
+    assert len(json.loads((root / "styles" / "styles.json").read_text())) == 3
+    assert (root / "styles" / "concat_steps2_state2_explicit" / "metrics.json").exists()
+    assert sorted(os.listdir(tmp_path)) == ["runs"]  # nothing in experiments/
+
+
 @pytest.mark.parametrize(
     "argument, message",
     [

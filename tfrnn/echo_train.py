@@ -313,7 +313,8 @@ CANONICAL = ((5, 4, 2), (10, 16, 10))
 def run_canonical(
     base: EchoConfig, root: str, *, epochs: int | None = None, verbose=1, strategy=None
 ):
-    """Runs (5, 4) and (10, 16), prints the table, writes summary.json and summary.png.
+    """Runs (5, 4) and (10, 16) (each run's files in ``root/<config>``), prints the table,
+    writes summary.json and summary.png to ``root``.
 
     ``base`` gives cell, mode, seed and series length; ``epochs`` overrides the per-config
     epochs of :data:`CANONICAL`. Returns the summary records.
@@ -348,8 +349,8 @@ def run_styles(
     root: str,
     output_dir: str,
     *,
-    steps: tuple[int, ...] = STYLES_N,
-    state_sizes: tuple[int, ...] = STYLES_STATE_SIZES,
+    steps: tuple[int, ...] | None = None,
+    state_sizes: tuple[int, ...] | None = None,
     epochs: int | None = None,
     verbose=1,
     strategy=None,
@@ -357,9 +358,13 @@ def run_styles(
     """TF-style with n and 2n steps against true truncated BPTT with n, for n in ``steps``.
 
     For each state size, every run has the same cell, epochs and seed (so the same
-    series). Writes ``styles.json``, ``styles.md`` (the table) and one
-    ``styles_state<size>.png`` per state size to ``output_dir``; returns the records.
+    series); each run's files go to ``root/<config>``. Writes ``styles.json``, ``styles.md``
+    (the table) and one ``styles_state<size>.png`` per state size to ``output_dir``; returns
+    the records. ``steps`` and ``state_sizes`` default to :data:`STYLES_N` and
+    :data:`STYLES_STATE_SIZES`.
     """
+    steps = steps or STYLES_N
+    state_sizes = state_sizes or STYLES_STATE_SIZES
     base = dataclasses.replace(base, epochs=epochs or STYLES_EPOCHS)
     records = []
     chief = distribute.is_chief(strategy or tf.distribute.get_strategy())

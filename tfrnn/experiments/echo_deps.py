@@ -6,8 +6,12 @@
     python -m tfrnn.experiments.echo_deps --suite styles       # make echo-styles
     python -m tfrnn.experiments.echo_deps --strategy mirrored  # streams split over the GPUs
 
-A single run writes metrics.json, curve.png and model.keras to --workdir (default
-runs/echo_deps/<config>). The logic lives in tfrnn.echo_train.
+Each kind of run has its own folder under runs/echo_deps/, so that no default run overwrites
+another's results: a single run writes metrics.json, curve.png and model.keras to --workdir
+(default runs/echo_deps/<config>); a suite keeps its runs and its table and plots in
+--workdir (default runs/echo_deps/canonical or runs/echo_deps/styles). The recorded results
+in experiments/echo_deps/ are refreshed only on request (make record-echo). The logic lives
+in tfrnn.echo_train.
 """
 
 from tfrnn import cli  # noqa: I001 (first: quiets TensorFlow's start-up before it loads)
@@ -56,18 +60,23 @@ flags.DEFINE_integer(
     _defaults.series_length,
     "Steps of the series drawn each epoch." + _bounded("series_length"),
 )
-flags.DEFINE_string("workdir", None, "Output directory. Default: runs/echo_deps/<config>.")
+flags.DEFINE_string(
+    "workdir",
+    None,
+    "Output directory. Default: runs/echo_deps/<config> for one run, runs/echo_deps/<suite>"
+    " for a suite (its runs in <config> folders, its table and plots beside them).",
+)
 flags.DEFINE_string(
     "suite",
     "none",
-    "canonical: (5, 4) and (10, 16) with a table, runs/echo_deps/summary.json and"
-    " summary.png. styles: TF-style n and 2n against true n for n in 3, 5, 8; table and plot"
-    " to --styles_dir.",
+    "canonical: (5, 4) and (10, 16) with a table, summary.json and summary.png."
+    " styles: TF-style n and 2n against true n for n in 3, 5, 8; table and plots to"
+    " --styles_dir.",
 )
 distribute.define_flags(flags)
 flags.adopt_module_key_flags(distribute)  # --help lists --strategy and --cpu_replicas
 flags.DEFINE_string(
-    "styles_dir", os.path.join("experiments", "echo_deps"), "Where --suite styles writes."
+    "styles_dir", None, "Where --suite styles writes its table and plots. Default: --workdir."
 )
 
 
@@ -96,24 +105,23 @@ def main(argv):
         config = echo_train.check_config(config)  # --epochs 0 is an error, not "default"
     # Before anything starts TensorFlow's devices: --cpu_replicas splits the CPU.
     strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.cpu_replicas)
+    workdir = FLAGS.workdir or os.path.join(
+        ROOT, config.name if FLAGS.suite == "none" else FLAGS.suite
+    )
     with distribute.lost_workers_as_usage_errors():
         if FLAGS.suite == "canonical":
-            echo_train.run_canonical(
-                config, FLAGS.workdir or ROOT, epochs=FLAGS.epochs, strategy=strategy
-            )
+            echo_train.run_canonical(config, workdir, epochs=FLAGS.epochs, strategy=strategy)
         elif FLAGS.suite == "styles":
             echo_train.run_styles(
                 config,
-                os.path.join(FLAGS.workdir or ROOT, "styles"),
-                FLAGS.styles_dir,
+                workdir,
+                FLAGS.styles_dir or workdir,
                 epochs=FLAGS.epochs,
                 strategy=strategy,
             )
         else:
             echo_train.train_and_evaluate(
-                echo_train.check_config(config),
-                FLAGS.workdir or os.path.join(ROOT, config.name),
-                strategy=strategy,
+                echo_train.check_config(config), workdir, strategy=strategy
             )
 
 
