@@ -45,6 +45,17 @@ def test_a_short_run_learns_the_three_step_echo(tmp_path):
     assert not np.allclose(loaded.get_layer("logits").get_weights()[1], 0.0)
 
 
+def test_a_one_point_curve_is_drawn_as_a_dot():
+    # One epoch of 100 windows: the curve has one point, which a bare line would not show.
+    metrics = {"config": dataclasses.asdict(SMALL), "curve": [0.6]}
+    figure = echo_train.curves_figure(
+        {"short": metrics, "longer": {**metrics, "curve": [0.6, 0.5]}}
+    )
+    short, longer = figure.axes[0].get_lines()[:2]
+    assert short.get_marker() == "o"
+    assert longer.get_marker() in ("None", "", None)
+
+
 def test_a_diverging_run_stops_with_a_one_line_error(tmp_path):
     config = dataclasses.replace(SMALL, learning_rate=1e38, epochs=1, jit_compile=False)
     with pytest.raises(cli.UsageError, match="the loss became nan"):

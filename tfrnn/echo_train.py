@@ -221,16 +221,28 @@ def _save_stateless_model(model, config: EchoConfig, path: str) -> None:
 
 
 def plot_curves(runs: dict, path: str, *, title: str = "", styles: dict | None = None) -> None:
-    """Plots each run's curve (mean loss per 100 windows, against epochs) with the references.
+    """Writes :func:`curves_figure` of ``runs`` to the PNG ``path``."""
+    from matplotlib import pyplot
+
+    figure = curves_figure(runs, title=title, styles=styles)
+    figure.savefig(path)
+    pyplot.close(figure)
+
+
+def curves_figure(runs: dict, *, title: str = "", styles: dict | None = None):
+    """Each run's curve (mean loss per 100 windows, against epochs) with the references.
 
     The three reference lines are the expected losses of learning nothing, the t-3
-    dependency, and both; the y axis is clipped to [0.43, 0.70].
+    dependency, and both; the y axis is clipped to [0.43, 0.70]. A curve of one point (one
+    epoch of fewer than 200 windows) is drawn as a dot.
 
     Args:
       runs: label -> metrics (as returned by :func:`train_and_evaluate`).
-      path: the PNG to write.
       title: the plot's title.
       styles: label -> matplotlib keyword arguments for that run's line.
+
+    Returns:
+      The matplotlib Figure.
     """
     import matplotlib
 
@@ -243,7 +255,9 @@ def plot_curves(runs: dict, path: str, *, title: str = "", styles: dict | None =
         windows_per_epoch = config["series_length"] // config["batch_size"] // config["num_steps"]
         # In epochs, so that runs with different window lengths line up.
         epochs = np.arange(1, len(metrics["curve"]) + 1) * REPORT_EVERY / windows_per_epoch
-        axes.plot(epochs, metrics["curve"], label=label, **(styles or {}).get(label, {}))
+        style = {"marker": "o"} if len(epochs) == 1 else {}
+        style.update((styles or {}).get(label, {}))
+        axes.plot(epochs, metrics["curve"], label=label, **style)
     for level, (name, value) in zip(("-", "--", ":"), expected_losses().items(), strict=True):
         axes.axhline(value, color="grey", linestyle=level, linewidth=1)
         axes.annotate(
@@ -263,8 +277,7 @@ def plot_curves(runs: dict, path: str, *, title: str = "", styles: dict | None =
     axes.set_title(title)
     axes.legend(fontsize=8, loc="upper right")
     figure.tight_layout()
-    figure.savefig(path)
-    pyplot.close(figure)
+    return figure
 
 
 def _summary_record(config: EchoConfig, metrics: dict) -> dict:
