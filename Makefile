@@ -34,8 +34,9 @@ record-echo: echo-deps
 	cp runs/echo_deps/canonical/summary.json runs/echo_deps/canonical/summary.png experiments/echo_deps/
 	$(PY) -m tfrnn.experiments.echo_deps --suite styles --styles_dir experiments/echo_deps
 
-# MNIST row by row, 11 epochs: reads ../shared/datasets/mnist when it exists, else MNIST from
-# tensorflow-datasets. More flags: make mnist MNIST_FLAGS="--preset C1 --workdir runs/c1".
+# MNIST row by row, 11 epochs: MNIST from tensorflow-datasets, or the four MNIST IDX files of
+# MNIST_DATA, a folder beside the checkout, used only if it exists.
+# More flags: make mnist MNIST_FLAGS="--preset C1 --workdir runs/c1".
 MNIST_DATA := $(wildcard ../shared/datasets/mnist)
 # A preset in MNIST_FLAGS sets the run's length itself, so --epochs 11 goes only without one.
 mnist: $(VENV)/.installed

@@ -5,7 +5,7 @@ benchmark-only dependency). It imports numpy and torch only, so that interpreter
 else, and prints one JSON object on stdout. torch is imported inside the workloads, so the
 argument parsing and the echo series (numpy) are testable without it.
 
-Workloads, on the shapes of the reference peer (``shared/bench/torch_reference.py``):
+Workloads, the models, shapes and optimisers that :mod:`tfrnn.bench` times on tfrnn:
 
 * ``mnist``: random (batch, 28, 28) rows -> LSTM(28 -> units) -> last output -> Linear(10),
   cross-entropy, Adam(1e-3), batch 128. Throughput does not depend on the pixel values.

@@ -14,7 +14,7 @@ logits:
 The input contract is pixels / 255; any further normalisation is a layer of the model, so an
 exported model takes the same input as training does.
 
-:data:`PRESETS` reproduce the three MNIST tutorials (tutorials.md, section C); :class:`Config`
+:data:`PRESETS` reproduce the three MNIST tutorials (C1-C3 in the README); :class:`Config`
 with no preset is the best configuration found for 11 epochs on a 2-core CPU.
 """
 

@@ -10,7 +10,7 @@ The legacy cells need ``tf_keras`` (requirements-dev.txt) and ``TF_USE_LEGACY_KE
 before TensorFlow is imported, which this script does itself: run it as its own process::
 
     python experiments/tf1/tf1_graphs.py echo --graph handbuilt --num_steps 5 --state_size 4
-    python experiments/tf1/tf1_graphs.py mnist --graph C2 --data_dir ../shared/datasets/mnist
+    python experiments/tf1/tf1_graphs.py mnist --graph C2 --data_dir /data/mnist  # IDX files
     python experiments/tf1/tf1_graphs.py lockstep DIR      # DIR/jobs.json, see run_lockstep
 
 Graphs: ``handbuilt``, ``static``, ``dynamic`` (tutorial A: the hand-built cell, and

@@ -6,7 +6,7 @@ explicit ``--epochs`` replaces the step count of C2 and C3).
 Re-running the same command after an interruption resumes from the last checkpoint in
 ``--workdir``. Examples::
 
-    python -m tfrnn.experiments.mnist --epochs 11 --data_dir ../shared/datasets/mnist
+    python -m tfrnn.experiments.mnist --epochs 11 --data_dir /data/mnist   # the 4 IDX files
     python -m tfrnn.experiments.mnist --preset C2 --workdir runs/mnist_c2
     python -m tfrnn.experiments.mnist --dataset fashion_mnist --cell simple
     python -m tfrnn.experiments.mnist --strategy mirrored        # all local GPUs

@@ -1,0 +1,42 @@
+"""The repository reads on its own: its text names nothing that a fresh clone lacks."""
+
+import pathlib
+import re
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+TEXT_SUFFIXES = {".py", ".md", ".txt", ".toml", ".json", ".cfg", ".ini", ".yaml", ".yml"}
+# Notes, folders and tasks from outside the repository that its text must not lean on.
+OUTSIDE_NAMES = re.compile(r"\bmission|findings\.md|tutorials\.md|torch_reference|shared/")
+# The one optional outside folder: MNIST's IDX files beside the checkout, used only if it
+# exists (the Makefile checks; the README says so).
+ALLOWED = {
+    "Makefile": "MNIST_DATA := $(wildcard ../shared/datasets/mnist)",
+    "README.md": "`--data_dir ../shared/datasets/mnist` only if such a folder exists beside",
+}
+
+
+def _text_files():
+    for path in sorted(REPO.iterdir()):
+        if path.is_file() and not path.name.startswith(".venv"):
+            yield path
+    for folder in ("tfrnn", "tests", "experiments"):
+        for path in sorted((REPO / folder).rglob("*")):
+            if path.suffix in TEXT_SUFFIXES and "__pycache__" not in path.parts:
+                yield path
+
+
+def test_no_text_names_notes_or_folders_outside_the_repository():
+    found = []
+    for path in _text_files():
+        if path == pathlib.Path(__file__).resolve():
+            continue
+        name = str(path.relative_to(REPO))
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if OUTSIDE_NAMES.search(line) and ALLOWED.get(name, "\0") not in line:
+                found.append(f"{name}:{number}: {line.strip()}")
+    assert not found, "\n".join(found)
+
+
+def test_the_scan_covers_the_documentation_and_the_code():
+    names = {str(path.relative_to(REPO)) for path in _text_files()}
+    assert {"README.md", "Makefile", "tfrnn/training.py", "experiments/mnist/README.md"} <= names
