@@ -38,3 +38,20 @@ def test_notebook_runs_in_quick_mode(path, monkeypatch):
         if output.get("output_type") == "error"
     ]
     assert not errors
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
+def test_committed_outputs_come_from_a_full_run(path):
+    # `make tutorials` writes them: every cell run, in full mode, and no cell (an assertion
+    # cell included) failed. A notebook saved after a quick run says "quick mode" here.
+    notebook = nbformat.read(path, as_version=4)
+    code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert all(cell.get("execution_count") for cell in code_cells), "not every cell was run"
+    texts = [
+        output.get("text", "")
+        for cell in code_cells
+        for output in cell.outputs
+        if output.get("output_type") == "stream"
+    ]
+    assert texts and texts[0].strip() == "full mode", texts[:1]
+    assert not any(output.get("output_type") == "error" for c in code_cells for output in c.outputs)
