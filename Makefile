@@ -39,7 +39,7 @@ mnist: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m tfrnn.bench $(BENCH_FLAGS)
 
-# The tutorials' notebooks run in full, their outputs rewritten in place (about 25 minutes on
+# The tutorials' notebooks run in full, their outputs rewritten in place (about 20 minutes on
 # 2 CPU cores); `make test` runs them in quick mode (tests/test_tutorials.py).
 tutorials: $(VENV)/.installed
 	$(if $(MNIST_DATA),TFRNN_MNIST_DIR=$(abspath $(MNIST_DATA))) $(VENV)/bin/jupyter nbconvert \
