@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test lint echo-deps echo-styles record-echo mnist bench
+.PHONY: test lint echo-deps echo-styles record-echo mnist bench tutorials
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,3 +46,10 @@ mnist: $(VENV)/.installed
 # torch (else that column is skipped); table + runs/bench/results.json. BENCH_FLAGS="--rounds 5".
 bench: $(VENV)/.installed
 	$(PY) -m tfrnn.bench $(BENCH_FLAGS)
+
+# The tutorials' notebooks run in full, their outputs rewritten in place (about 20 minutes on
+# 2 CPU cores); `make test` runs them in quick mode (tests/test_tutorials.py).
+tutorials: $(VENV)/.installed
+	$(if $(MNIST_DATA),TFRNN_MNIST_DIR=$(abspath $(MNIST_DATA))) $(VENV)/bin/jupyter nbconvert \
+	  --to notebook --execute --inplace --ExecutePreprocessor.timeout=3600 \
+	  --ExecutePreprocessor.kernel_name=python3 tutorials/*.ipynb

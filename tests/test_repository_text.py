@@ -4,7 +4,7 @@ import pathlib
 import re
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-TEXT_SUFFIXES = {".py", ".md", ".txt", ".toml", ".json", ".cfg", ".ini", ".yaml", ".yml"}
+TEXT_SUFFIXES = {".py", ".md", ".txt", ".toml", ".json", ".cfg", ".ini", ".yaml", ".yml", ".ipynb"}
 # Notes, folders and tasks from outside the repository that its text must not lean on.
 OUTSIDE_NAMES = re.compile(r"\bmission|findings\.md|tutorials\.md|torch_reference|shared/")
 # The one optional outside folder: MNIST's IDX files beside the checkout, used only if it
@@ -12,6 +12,7 @@ OUTSIDE_NAMES = re.compile(r"\bmission|findings\.md|tutorials\.md|torch_referenc
 ALLOWED = {
     "Makefile": "MNIST_DATA := $(wildcard ../shared/datasets/mnist)",
     "README.md": "`--data_dir ../shared/datasets/mnist` only if such a folder exists beside",
+    "tutorials/3_mnist_rows.ipynb": "`../shared/datasets/mnist` beside the repository when that",
 }
 
 
@@ -19,7 +20,7 @@ def _text_files():
     for path in sorted(REPO.iterdir()):
         if path.is_file() and not path.name.startswith(".venv"):
             yield path
-    for folder in ("tfrnn", "tests", "experiments"):
+    for folder in ("tfrnn", "tests", "experiments", "tutorials"):
         for path in sorted((REPO / folder).rglob("*")):
             if path.suffix in TEXT_SUFFIXES and "__pycache__" not in path.parts:
                 yield path
@@ -39,4 +40,10 @@ def test_no_text_names_notes_or_folders_outside_the_repository():
 
 def test_the_scan_covers_the_documentation_and_the_code():
     names = {str(path.relative_to(REPO)) for path in _text_files()}
-    assert {"README.md", "Makefile", "tfrnn/training.py", "experiments/mnist/README.md"} <= names
+    assert {
+        "README.md",
+        "Makefile",
+        "tfrnn/training.py",
+        "experiments/mnist/README.md",
+        "tutorials/3_mnist_rows.ipynb",
+    } <= names

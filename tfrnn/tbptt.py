@@ -293,3 +293,20 @@ def make_window_runner(
         return losses.stack(), carry
 
     return run
+
+
+class ResetStateAtEpochStart(keras.callbacks.Callback):
+    """Zeroes every stateful recurrent layer of the model as each epoch of ``model.fit`` begins.
+
+    ``stateful`` mode with Keras' own loop: fit the windows in order (``shuffle=False``,
+    ``batch_size`` = the number of streams, the epoch's windows stacked as
+    ``inputs.reshape(-1, num_steps)``), and the layer carries each stream's state from one
+    window to the next as the window runner does. ``fit`` itself never resets a layer's
+    state, so without this callback an epoch would start from the previous epoch's last
+    state instead of zeros (:func:`start_epoch`).
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for layer in self.model.layers:
+            if getattr(layer, "stateful", False):
+                layer.reset_state()
