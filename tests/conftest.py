@@ -8,8 +8,9 @@ is done here, at import, before any test runs. Ops that name no device still run
 
 import pytest
 import tensorflow as tf
+from absl import flags
 
-from tfrnn import distribute
+from tfrnn.engine import distribute
 
 CPU_REPLICAS = 2
 distribute.configure_cpu_devices(CPU_REPLICAS)
@@ -24,3 +25,15 @@ def mirrored():
     mismatch in the collective instance"): every test shares this one.
     """
     return tf.distribute.MirroredStrategy([f"/cpu:{index}" for index in range(CPU_REPLICAS)])
+
+
+@pytest.fixture
+def echo_command():
+    """The echo command's module (``python -m tfrnn.experiments.echo_deps``), its flags
+    defined once a session and reset to their defaults after the test."""
+    from tfrnn.tasks.echo import main as echo_main
+
+    if "suite" not in flags.FLAGS:
+        echo_main.define_flags()
+    yield echo_main
+    flags.FLAGS.unparse_flags()

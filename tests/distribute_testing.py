@@ -17,9 +17,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfrnn import distribute, tbptt
 from tfrnn.data import mnist as mnist_data
 from tfrnn.data.echo import epoch_rng, epoch_windows, generate_series
+from tfrnn.engine import distribute
+from tfrnn.tasks.echo import tbptt
 
 ECHO_BATCH, ECHO_STEPS, ECHO_STATE = 4, 3, 3
 
@@ -69,7 +70,7 @@ def train_echo_windows(mode: str, strategy: tf.distribute.Strategy, *, jit_compi
 
 
 def _worker(out_dir: str, mnist_flags: list[str]) -> None:
-    from tfrnn import mnist_model
+    from tfrnn.tasks.mnist import model as mnist_model
 
     task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
     train_and_evaluate, used = mnist_model.train_and_evaluate, {}

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfrnn.cells import make_rnn
+from tfrnn.layers.cells import make_rnn
 
 
 def save_workdir(workdir, model: keras.Model, config: dict) -> str:

@@ -1,4 +1,4 @@
-"""tfrnn.training.fit's row shards: cutting each batch into shards trains the same model.
+"""tfrnn.engine.training.fit's row shards: cutting each batch into shards trains the same model.
 
 On one CPU device fit cuts each batch into row shards, one compiled call each, so that
 several cores work at once (the speed is measured by ``make bench``, not here). What must
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrnn import training
+from tfrnn.engine import training
 
 EXAMPLES, BATCH, TIME, FEATURES, CLASSES = 40, 10, 5, 3, 4
 

@@ -13,9 +13,10 @@ import stat
 import numpy as np
 import pytest
 
-from tfrnn import bench, bench_torch
-from tfrnn.cli import UsageError
+from tfrnn.bench import suite as bench
+from tfrnn.bench import torch_peer as bench_torch
 from tfrnn.data.echo import epoch_windows
+from tfrnn.errors import UsageError
 
 PEER_IMAGES_PER_SECOND = 1000.0
 PEER_EPOCH_SECONDS = 2.0

@@ -1,4 +1,4 @@
-"""Tests of tfrnn.cells: exact numbers on tiny shapes, statefulness, serialisation."""
+"""Tests of tfrnn.layers.cells: exact numbers on tiny shapes, statefulness, serialisation."""
 
 import math
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrnn.cells import CELL_KINDS, RNN, ConcatRNNCell, make_rnn
+from tfrnn.layers.cells import CELL_KINDS, RNN, ConcatRNNCell, make_rnn
 
 
 def _random_sequence(batch=3, time=6, features=2, seed=0):

@@ -1,4 +1,4 @@
-"""Tests of tfrnn.cli: a UsageError becomes one line on stderr and exit status 2."""
+"""Tests of tfrnn.cli: one-line errors, a quiet start-up in commands only, and --help."""
 
 import os
 import subprocess
@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tfrnn.cli import UsageError, run
+from tfrnn.cli import run
+from tfrnn.errors import UsageError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_usage_error_is_one_line_and_exit_2(capsys):
@@ -28,21 +31,48 @@ def test_other_errors_are_not_hidden():
         run(main, argv=["prog"])
 
 
-def test_importing_cli_first_keeps_tensorflow_start_up_quiet():
-    # The point of the module: a tfrnn command's stderr holds only what tfrnn writes.
+def _python(script: str) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    script = "import tfrnn.cli, tensorflow as tf; print(float(tf.constant(2.0) + 1))"
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True,
         text=True,
         env=environment,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=REPO,
         timeout=120,
         check=True,
     )
+
+
+def test_quiet_tensorflow_keeps_its_start_up_off_stderr():
+    # What every command does first: its stderr holds only what tfrnn writes.
+    script = (
+        "from tfrnn import cli; cli.quiet_tensorflow(); import tensorflow as tf; "
+        "print(float(tf.constant(2.0) + 1))"
+    )
+    result = _python(script)
     assert result.stdout == "3.0\n"
     assert result.stderr == ""
+
+
+def test_importing_the_library_changes_neither_the_log_level_nor_stderr():
+    modules = sorted(
+        ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        for path in (REPO / "tfrnn").rglob("*.py")
+        if path.name != "__main__.py" and "torch_peer" not in path.name
+    )
+    script = (
+        "import importlib, os, sys\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        "import tensorflow as tf\n"
+        "tf.constant(1.0) + 1\n"
+        "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'))\n"
+    )
+    result = _python(script)
+    assert result.stdout == "None\n"
+    # TensorFlow's own start-up lines still reach the caller's stderr: nothing hid them.
+    assert "tfrnn.cli" in modules and "tfrnn.serving.export" in modules
+    assert result.stderr != ""
 
 
 @pytest.mark.parametrize("module", ["tfrnn.experiments.mnist", "tfrnn.experiments.echo_deps"])
@@ -52,7 +82,7 @@ def test_help_of_each_experiment_lists_the_strategy_flags(module):
         [sys.executable, "-m", module, "--help"],
         capture_output=True,
         text=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=REPO,
         timeout=120,
     )
     flag_lines = [line.strip() for line in result.stdout.splitlines()]

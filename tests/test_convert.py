@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrnn import convert
-from tfrnn.cli import UsageError
+from tfrnn.errors import UsageError
+from tfrnn.tf1 import convert
 
 # As a user runs it: the command quiets TensorFlow's start-up unless this is set.
 ENV = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}

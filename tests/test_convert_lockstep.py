@@ -13,11 +13,11 @@ Each graph is then checked twice:
 (a) its initial and final checkpoints, converted, give the graph's logits on the same inputs;
 (b) tfrnn's own training path, started from the converted initial checkpoint and fed the same
     batches, ends where the graph ended: the same loss at every step and the same weights.
-    MNIST: ``tfrnn.training.fit`` with the preset's optimizer (``mnist_model.make_optimizer``:
+    MNIST: ``training.fit`` with the preset's optimizer (``mnist_model.make_optimizer``:
     Adam with TF1's epsilon 1e-8), batches in the same order because the Task's
     ``train_batches(epoch, skip)`` hands out batch ``epoch`` of the ones TF1 was fed, with one
     step an epoch (so ``fit``'s per-epoch train loss is each step's loss). Echo: the window
-    runner of ``tfrnn.tbptt`` (state carried from window to window, TF-style), over the same
+    runner of ``tbptt`` (state carried from window to window, TF-style), over the same
     windows, with Adagrad 0.1, accumulators from 0.1 and no epsilon (TF1's; echo_train's Keras
     default adds 1e-7 inside the square root).
 """
@@ -33,8 +33,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrnn import convert, export, mnist_model, tbptt, training
 from tfrnn.data.echo import epoch_rng, epoch_windows, generate_series
+from tfrnn.engine import training
+from tfrnn.serving import export
+from tfrnn.tasks.echo import tbptt
+from tfrnn.tasks.mnist import model as mnist_model
+from tfrnn.tf1 import convert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TF1_GRAPHS = os.path.join(ROOT, "experiments", "tf1", "tf1_graphs.py")
@@ -149,7 +153,7 @@ def test_converted_checkpoint_gives_the_graphs_outputs(tf1_runs, name):
 
 
 def _fit_mnist(job, conversion, data, workdir):
-    """tfrnn.training.fit from ``conversion``'s weights over the TF1 run's batches."""
+    """tfrnn.engine.training.fit from ``conversion``'s weights over the TF1 run's batches."""
     steps = job["steps"]
     config = dataclasses.replace(
         mnist_model.Config(**conversion.config()), batch_size=BATCH, train_steps=steps
@@ -184,7 +188,7 @@ def _fit_mnist(job, conversion, data, workdir):
 
 
 def _train_echo(job, conversion, data):
-    """tfrnn.tbptt's window runner from ``conversion``'s weights over the TF1 run's windows."""
+    """tbptt's window runner from ``conversion``'s weights over the TF1 run's windows."""
     model = tbptt.build_training_model(job["mode"], conversion.cell, conversion.units, ECHO_BATCH)
     model.set_weights(convert.build_model(conversion).get_weights())
     # TF1's AdagradOptimizer(0.1): accumulators from 0.1, no epsilon.

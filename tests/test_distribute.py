@@ -1,4 +1,4 @@
-"""Tests of tfrnn.distribute and of both experiments under tf.distribute strategies.
+"""Tests of tfrnn.engine.distribute and of both experiments under tf.distribute strategies.
 
 MirroredStrategy runs over the two logical CPU devices conftest.py makes (its ``mirrored``
 fixture); the multi-worker test starts two worker processes on 127.0.0.1. Every distributed
@@ -20,11 +20,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 from distribute_testing import train_echo_windows, write_tiny_mnist
 
-from tfrnn import cli, distribute, echo_train, mnist_model, tbptt
-from tfrnn.experiments import echo_deps
+from tfrnn import cli
+from tfrnn.engine import distribute
+from tfrnn.errors import UsageError
+from tfrnn.tasks.echo import tbptt
+from tfrnn.tasks.echo import train as echo_train
+from tfrnn.tasks.mnist import model as mnist_model
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # One training step an epoch (8 images, batch 8), so the per-epoch train loss is the loss of
@@ -243,7 +246,7 @@ def test_two_worker_processes_end_with_identical_weights_equal_to_one_process(
     ],
 )
 def test_bad_tf_config_is_named_in_one_line(tf_config, message):
-    with pytest.raises(cli.UsageError) as error:
+    with pytest.raises(UsageError) as error:
         distribute.check_tf_config(tf_config)
     assert str(error.value).startswith(message)
     assert "\n" not in str(error.value)
@@ -267,12 +270,6 @@ def test_a_good_tf_config_passes_and_worker_0_is_chief_without_a_chief(mirrored)
     with_chief = {"chief": ["c:3"], **workers}
     assert distribute.is_chief(worker(with_chief, "chief", 0))
     assert not distribute.is_chief(worker(with_chief, "worker", 0))
-
-
-@pytest.fixture
-def fresh_flags():
-    yield
-    flags.FLAGS.unparse_flags()
 
 
 @pytest.mark.parametrize(
@@ -301,11 +298,11 @@ def fresh_flags():
     ],
 )
 def test_echo_command_refuses_bad_strategies_in_one_line(
-    arguments, message, fresh_flags, capsys, tmp_path, monkeypatch
+    arguments, message, echo_command, capsys, tmp_path, monkeypatch
 ):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(SystemExit) as exit_info:
-        cli.run(echo_deps.main, argv=["echo_deps", *arguments.split(), f"--workdir={tmp_path}"])
+        cli.run(echo_command.main, argv=["echo_deps", *arguments.split(), f"--workdir={tmp_path}"])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert error.startswith(message) and error.count("\n") == 1
@@ -330,12 +327,12 @@ def test_mnist_command_refuses_a_bad_tf_config_in_one_line(mnist_dir, tmp_path):
 
 
 def test_a_batch_that_does_not_split_over_the_replicas_is_refused(mirrored, mnist_dir, tmp_path):
-    with pytest.raises(cli.UsageError, match="--batch_size 7 does not split evenly over 2"):
+    with pytest.raises(UsageError, match="--batch_size 7 does not split evenly over 2"):
         mnist_model.train_and_evaluate(
             _mnist_config(mnist_dir, batch_size=7), str(tmp_path), strategy=mirrored
         )
     assert not (tmp_path / "config.json").exists()
-    with pytest.raises(cli.UsageError, match="--batch_size 3 does not split evenly over 2"):
+    with pytest.raises(UsageError, match="--batch_size 3 does not split evenly over 2"):
         tbptt.start_epoch(
             "explicit", tbptt.build_training_model("explicit", "simple", 2, 3), 3, 2, mirrored
         )
@@ -348,7 +345,7 @@ def test_a_lost_worker_becomes_one_line_saying_what_to_do():
         "Collective ops is aborted by: The following tasks are unhealthy (stopped sending"
         " heartbeats):\n/job:worker/replica:0/task:1\nThe tasks have crashed.",
     )
-    with pytest.raises(cli.UsageError) as error, distribute.lost_workers_as_usage_errors():
+    with pytest.raises(UsageError) as error, distribute.lost_workers_as_usage_errors():
         raise lost
     assert str(error.value) == (
         "lost a worker of the cluster (The following tasks are unhealthy (stopped sending"

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from absl import flags
 
-from tfrnn import cli, echo_train
+from tfrnn import cli
 from tfrnn.data.echo import expected_losses
-from tfrnn.echo_model import build_echo_model
-from tfrnn.echo_train import EchoConfig
-from tfrnn.experiments import echo_deps
+from tfrnn.errors import UsageError
+from tfrnn.tasks.echo import train as echo_train
+from tfrnn.tasks.echo.model import build_echo_model
+from tfrnn.tasks.echo.train import EchoConfig
 
 # 100 windows of 5 steps an epoch, on 200 streams: the smallest run the curve allows.
 SMALL = EchoConfig(series_length=100_000, epochs=2)
@@ -58,7 +59,7 @@ def test_a_one_point_curve_is_drawn_as_a_dot():
 
 def test_a_diverging_run_stops_with_a_one_line_error(tmp_path):
     config = dataclasses.replace(SMALL, learning_rate=1e38, epochs=1, jit_compile=False)
-    with pytest.raises(cli.UsageError, match="the loss became nan"):
+    with pytest.raises(UsageError, match="the loss became nan"):
         echo_train.train_and_evaluate(config, str(tmp_path), verbose=0)
     assert (tmp_path / "metrics.json").exists()
 
@@ -108,27 +109,21 @@ def test_styles_suite_writes_table_and_plot(tmp_path):
     assert len(json.loads((tmp_path / "out" / "styles.json").read_text())) == 3
 
 
-@pytest.fixture
-def fresh_flags():
-    yield
+def _main(command, *arguments):
+    """``command`` in process, with ``arguments`` and every other flag at its default."""
     flags.FLAGS.unparse_flags()
+    command.main(flags.FLAGS(["echo_deps", *arguments]))
 
 
-def _main(*arguments):
-    """The command, in process, with ``arguments`` and every other flag at its default."""
-    flags.FLAGS.unparse_flags()
-    echo_deps.main(flags.FLAGS(["echo_deps", *arguments]))
-
-
-def test_default_runs_each_write_their_own_folder_under_runs(tmp_path, monkeypatch, fresh_flags):
+def test_default_runs_each_write_their_own_folder_under_runs(tmp_path, monkeypatch, echo_command):
     # The canonical suite's first configuration is the default single run's, (5, 4).
     monkeypatch.setattr(echo_train, "CANONICAL", ((5, 4, 1),))
     monkeypatch.setattr(echo_train, "STYLES_N", (1,))
     monkeypatch.setattr(echo_train, "STYLES_STATE_SIZES", (2,))
     monkeypatch.chdir(tmp_path)
-    _main("--series_length=100000", "--seed=1")
-    _main("--suite=canonical", "--series_length=100000")
-    _main("--suite=styles", "--series_length=100000", "--epochs=1")
+    _main(echo_command, "--series_length=100000", "--seed=1")
+    _main(echo_command, "--suite=canonical", "--series_length=100000")
+    _main(echo_command, "--suite=styles", "--series_length=100000", "--epochs=1")
 
     root = tmp_path / "runs" / "echo_deps"
     single = json.loads((root / SMALL.name / "metrics.json").read_text())
@@ -157,9 +152,9 @@ def test_default_runs_each_write_their_own_folder_under_runs(tmp_path, monkeypat
         ),
     ],
 )
-def test_bad_flags_give_one_line_errors(argument, message, fresh_flags, capsys, tmp_path):
+def test_bad_flags_give_one_line_errors(argument, message, echo_command, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
-        cli.run(echo_deps.main, argv=["echo_deps", *argument.split(), f"--workdir={tmp_path}"])
+        cli.run(echo_command.main, argv=["echo_deps", *argument.split(), f"--workdir={tmp_path}"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == message + "\n"
     assert not os.listdir(tmp_path)  # nothing was started

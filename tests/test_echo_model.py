@@ -1,11 +1,11 @@
-"""Tests of tfrnn.echo_model: shapes, names, one weight order for every build, state."""
+"""Tests of tfrnn.tasks.echo.model: shapes, names, one weight order for every build, state."""
 
 import keras
 import numpy as np
 import pytest
 
-from tfrnn.cells import CELL_KINDS
-from tfrnn.echo_model import OneHot, build_echo_model, state_sizes
+from tfrnn.layers.cells import CELL_KINDS
+from tfrnn.tasks.echo.model import OneHot, build_echo_model, state_sizes
 
 
 def _symbols(batch=4, time=6, seed=0):

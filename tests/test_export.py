@@ -13,8 +13,8 @@ import tensorflow as tf
 from absl import flags
 from export_testing import mnist_model, random_images, rest_to_tensors, save_workdir
 
-from tfrnn import export
-from tfrnn.cli import UsageError
+from tfrnn.errors import UsageError
+from tfrnn.serving import export
 
 VENV_BIN = os.path.dirname(sys.executable)
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}

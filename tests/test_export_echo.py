@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 from export_testing import rest_to_tensors, save_workdir
 
-from tfrnn import export
-from tfrnn.echo_model import build_echo_model
+from tfrnn.serving import export
+from tfrnn.tasks.echo.model import build_echo_model
 
 STATE_SIZE = 4
 
@@ -227,7 +227,7 @@ def test_wrong_dtype_fails_at_the_signature(echo):
 def test_graph_has_no_cudnn_ops(echo):
     _, _, version_dir, _ = echo
     types = export.op_types(version_dir)
-    # The time loop reads no variable (tfrnn.cells.RNN reads the weights before it), so
+    # The time loop reads no variable (tfrnn.layers.cells.RNN reads the weights before it), so
     # TensorFlow makes it a StatelessWhile; walking the function library is what finds it.
     assert "OneHot" in types and types & {"While", "StatelessWhile"}
     assert not [op for op in types if op.startswith("CudnnRNN")]

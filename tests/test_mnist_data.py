@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from tfrnn.cli import UsageError
 from tfrnn.data import mnist as mnist_data
+from tfrnn.errors import UsageError
 
 
 def write_tiny_mnist(folder, num_train=40, num_test=12, compress=True, seed=0):

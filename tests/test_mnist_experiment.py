@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrnn import cli, mnist_model
+from tfrnn import cli
 from tfrnn.data import mnist as mnist_data
+from tfrnn.errors import UsageError
+from tfrnn.tasks.mnist import model as mnist_model
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # 96 training images in batches of 16: 6 steps an epoch, 18 in all, a checkpoint every 4.
@@ -160,7 +162,7 @@ def test_a_moved_data_folder_resumes_and_other_data_is_refused(uninterrupted, da
     images = mnist_data.read_idx(path, mnist_data.IMAGES_MAGIC).copy()
     images[0, 0, 0] ^= 1
     mnist_data.write_idx(path, images)
-    with pytest.raises(cli.UsageError) as error:
+    with pytest.raises(UsageError) as error:
         mnist_model.train_and_evaluate(config, str(workdir), verbose=False)
     assert re.fullmatch(
         f"{re.escape(str(workdir))} holds a run with another configuration "

@@ -1,4 +1,4 @@
-"""Tests of tfrnn.mnist_model: shapes, input contract, presets against the tutorials, config."""
+"""Tests of tfrnn.tasks.mnist.model: shapes, input contract, presets against the tutorials."""
 
 import dataclasses
 import math
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrnn import mnist_model
-from tfrnn.cells import CELL_KINDS
-from tfrnn.cli import UsageError
+from tfrnn.errors import UsageError
+from tfrnn.layers.cells import CELL_KINDS
+from tfrnn.tasks.mnist import model as mnist_model
 
 
 def _images(batch=3, seed=0):
@@ -32,7 +32,7 @@ def test_rows_in_logits_out_for_every_cell(kind):
 
 
 def test_default_model_gives_the_numbers_of_keras_rnn_of_lstm_cell():
-    # The default path (tfrnn.cells.RNN, weights read before the time loop) must stay the
+    # The default path (tfrnn.layers.cells.RNN, weights read before the time loop) must stay the
     # model a Keras user writes: keras.layers.RNN(LSTMCell) on the same weights gives the
     # same logits and gradients in the XLA training step.
     model = mnist_model.build_model(mnist_model.Config())

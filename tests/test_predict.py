@@ -12,8 +12,8 @@ from absl import flags
 from export_testing import mnist_model, random_images, save_workdir
 from PIL import Image  # matplotlib depends on Pillow
 
-from tfrnn import export, predict
-from tfrnn.cli import UsageError
+from tfrnn.errors import UsageError
+from tfrnn.serving import export, predict
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_bad_files_are_one_line_errors(exported, name, write, message):
 
 
 def test_an_echo_export_is_refused(tmp_path):
-    from tfrnn.echo_model import build_echo_model
+    from tfrnn.tasks.echo.model import build_echo_model
 
     workdir = save_workdir(tmp_path / "run", build_echo_model("simple", 3), {"cell": "simple"})
     export.export_workdir(workdir, str(tmp_path / "models" / "echo"))

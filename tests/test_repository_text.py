@@ -43,7 +43,7 @@ def test_the_scan_covers_the_documentation_and_the_code():
     assert {
         "README.md",
         "Makefile",
-        "tfrnn/training.py",
+        "tfrnn/engine/training.py",
         "experiments/mnist/README.md",
         "tutorials/3_mnist_rows.ipynb",
     } <= names

@@ -3,8 +3,8 @@
 import keras
 import numpy as np
 
-from tfrnn import tbptt
 from tfrnn.data.echo import epoch_rng, epoch_windows, generate_series
+from tfrnn.tasks.echo import tbptt
 
 BATCH, NUM_STEPS, STATE = 4, 5, 3
 

@@ -1,14 +1,14 @@
-"""Tests of tfrnn.tbptt: the three ways to carry the state, against each other and by hand."""
+"""Tests of tfrnn.tasks.echo.tbptt: the three ways to carry the state, against each other."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrnn import tbptt
-from tfrnn.cells import CELL_KINDS
 from tfrnn.data.echo import epoch_rng, epoch_windows, generate_series
-from tfrnn.echo_model import build_echo_model, state_sizes
+from tfrnn.layers.cells import CELL_KINDS
+from tfrnn.tasks.echo import tbptt
+from tfrnn.tasks.echo.model import build_echo_model, state_sizes
 
 BATCH = 4
 

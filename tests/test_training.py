@@ -1,4 +1,4 @@
-"""Tests of tfrnn.training.fit on a tiny synthetic task: outputs, exact resume, NaN, strategies."""
+"""Tests of tfrnn.engine.training.fit on a tiny task: outputs, exact resume, NaN, strategies."""
 
 import json
 import os
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrnn import training
-from tfrnn.cells import make_rnn
-from tfrnn.cli import UsageError
+from tfrnn.engine import training
+from tfrnn.errors import UsageError
+from tfrnn.layers.cells import make_rnn
 
 NUM_EXAMPLES, BATCH, TIME, FEATURES, CLASSES = 64, 16, 4, 3, 3
 STEPS_PER_EPOCH = NUM_EXAMPLES // BATCH  # 4

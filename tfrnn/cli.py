@@ -1,21 +1,29 @@
-"""What every tfrnn command-line entry point shares: quiet start-up and one-line errors.
+"""What every tfrnn command-line entry point shares: a quiet start-up and one-line errors.
 
-Import this module *before* TensorFlow in an entry point (``python -m tfrnn.…``): on a
-machine without CUDA, TensorFlow prints several lines about missing drivers and cuInit that
-would bury the program's own output. Unless ``TF_CPP_MIN_LOG_LEVEL`` is already set, this
-module sets it to 3 and imports TensorFlow with the process's stderr silenced for the length of
-the import (some of those lines are written before TensorFlow's log level is read). Set
-``TF_CPP_MIN_LOG_LEVEL=0`` in the environment to see them again. Python errors are never
-hidden: a failing import raises after stderr is restored.
+An entry point (``python -m tfrnn.…``) calls :func:`launch` with the module that holds its
+flags and ``main``. On a machine without CUDA, TensorFlow prints several lines about missing
+drivers and cuInit while it is imported, which would bury the program's own output, so
+:func:`quiet_tensorflow` imports it first with those lines silenced, and only then is the
+command's module (and TensorFlow with it) loaded. Importing this module changes nothing.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
+from tfrnn.errors import UsageError
 
-def _import_tensorflow_quietly() -> None:
+
+def quiet_tensorflow() -> None:
+    """Imports TensorFlow with its start-up lines silenced, unless the user chose a level.
+
+    Sets ``TF_CPP_MIN_LOG_LEVEL=3`` if it is unset and imports TensorFlow with the process's
+    stderr sent to /dev/null for the length of the import (some lines are written before
+    TensorFlow reads its log level). ``TF_CPP_MIN_LOG_LEVEL=0`` in the environment shows them
+    again. Python errors are never hidden: a failing import raises after stderr is restored.
+    """
     if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
         return  # the user chose a level, or it is too late to quiet the import
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
@@ -30,17 +38,6 @@ def _import_tensorflow_quietly() -> None:
         os.close(saved_stderr)
 
 
-_import_tensorflow_quietly()
-
-
-class UsageError(Exception):
-    """A problem the user can fix (bad flag, missing or corrupt file, NaN loss).
-
-    Entry points let it propagate to :func:`run`, which prints its message on one line and
-    exits non-zero, instead of a traceback from deep inside TensorFlow.
-    """
-
-
 def run(main, argv=None) -> None:
     """Runs an absl ``main`` and turns a :class:`UsageError` into ``error: …`` and exit 2."""
     from absl import app
@@ -53,3 +50,20 @@ def run(main, argv=None) -> None:
             sys.exit(2)
 
     app.run(guarded, argv=argv)
+
+
+def launch(module_name: str, argv=None) -> None:
+    """The whole of an entry point: quiets TensorFlow, then imports ``module_name``, defines
+    its flags (its ``define_flags()``, if it has one) and runs its ``main(argv)``."""
+    from absl import flags
+
+    quiet_tensorflow()
+    module = importlib.import_module(module_name)
+    if hasattr(module, "define_flags"):
+        module.define_flags()
+    # --help prints the docstring of __main__ and the key flags of the program's file
+    # (sys.argv[0]), here the thin entry point: give it those of the module behind it.
+    sys.modules["__main__"].__doc__ = module.__doc__
+    for flag in flags.FLAGS.get_key_flags_for_module(module):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    run(module.main, argv)

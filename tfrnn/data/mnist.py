@@ -14,7 +14,7 @@ with ``image`` uint8 (28, 28) and ``label`` int32 in [0, 10):
 training order of an epoch depends only on ``(seed, epoch)``, and a pipeline can start after
 the batches a previous run already trained on: that is what makes resuming exact.
 
-Bad data gives a :class:`tfrnn.cli.UsageError` naming the file and what is wrong.
+Bad data gives a :class:`tfrnn.UsageError` naming the file and what is wrong.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
-from tfrnn.cli import UsageError
+from tfrnn.errors import UsageError
 
 IMAGE_SIZE = 28
 NUM_CLASSES = 10

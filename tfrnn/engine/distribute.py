@@ -20,8 +20,8 @@ What a strategy compiles. A cross-replica all-reduce (the gradient sum inside
 ``optimizer.apply_gradients``) cannot live inside an XLA cluster, so under ``mirrored`` and
 ``multi_worker`` each replica's forward and backward pass is one XLA program and the update
 runs outside it. Under ``default`` there is nothing to all-reduce: the echo loop
-(:func:`tfrnn.tbptt.make_window_runner`) then compiles its whole run of windows, updates
-included (see :func:`is_default`); MNIST's loop (:func:`tfrnn.training.fit`) compiles the
+(:func:`tfrnn.tasks.echo.tbptt.make_window_runner`) then compiles its whole run of windows, updates
+included (see :func:`is_default`); MNIST's loop (:func:`tfrnn.engine.training.fit`) compiles the
 forward and backward pass under every strategy.
 
 Rows to replicas. With R replicas in sync, a global batch of B rows (the ``--batch_size`` the
@@ -50,7 +50,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tfrnn.cli import UsageError
+from tfrnn.errors import UsageError
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 _DEFAULT_STRATEGY_TYPE = type(tf.distribute.get_strategy())

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import keras
 
-from tfrnn.cells import make_rnn
+from tfrnn.layers.cells import make_rnn
 
 NUM_CLASSES = 2
 

@@ -1,22 +1,22 @@
 """``make bench``: how fast tfrnn trains and serves, side by side with PyTorch on the same CPU.
 
-Workloads, on the shapes of the PyTorch reference (``tfrnn/bench_torch.py``):
+Workloads, on the shapes of the PyTorch reference (``tfrnn/bench/torch_peer.py``):
 
 1. MNIST row LSTM training: 128 units, batch 128, Adam 1e-3, through the project's own loop
-   (:func:`tfrnn.training.fit`: XLA forward/backward, checkpointed, distributed-ready), on
+   (:func:`tfrnn.engine.training.fit`: XLA forward/backward, checkpointed, distributed-ready), on
    random images of the MNIST shape (throughput does not depend on pixel values). Two
    epochs of ``batches`` steps: the first is the warm-up (tracing, XLA compilation), the
    second is timed (its ``seconds`` in the history: every step, with the loop's per-step
    bookkeeping, plus one evaluation batch). One figure per recurrent path tfrnn offers:
-   ``default`` (what ``mnist_model.build_model(Config())`` builds: ``tfrnn.cells.RNN`` around
+   ``default`` (what ``mnist_model.build_model(Config())`` builds: ``tfrnn.layers.cells.RNN`` around
    ``LSTMCell``, a while loop), ``unrolled`` (``--unroll``, tutorial C2's static_rnn) and
    ``keras_lstm`` (``keras.layers.LSTM``, what a Keras user writes).
-2. Echo training (:func:`tfrnn.echo_train.train_and_evaluate`, 100 windows per compiled
+2. Echo training (:func:`tfrnn.tasks.echo.train.train_and_evaluate`, 100 windows per compiled
    call): seconds of one epoch over a 1,000,000-step series for (num_steps, state) (5, 4)
    and (10, 16), in the stateful-layer and explicit-state modes. Each run trains two
    epochs: the second is the epoch time; the first minus the second is the one-off cost of
    tracing and XLA compilation, reported on its own line (PyTorch has none).
-3. Serving: the exported MNIST signature (:func:`tfrnn.export.mnist_archive`, reloaded with
+3. Serving: the exported MNIST signature (:func:`tfrnn.serving.export.mnist_archive`, reloaded with
    ``tf.saved_model.load``): latency median and p99 for one image, images/s for 256.
 
 With ``TORCH_PYTHON`` naming a Python that has torch, each training workload's PyTorch peer
@@ -41,19 +41,19 @@ import sys
 import tempfile
 import time
 
-from absl import flags, logging
-
-# cli before TensorFlow: it quiets TensorFlow's start-up.
-from tfrnn import cli  # isort: skip
-
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import flags, logging
 
-from tfrnn import echo_train, export, mnist_model, training
 from tfrnn.data import mnist as mnist_data
+from tfrnn.engine import training
+from tfrnn.errors import UsageError
+from tfrnn.serving import export
+from tfrnn.tasks.echo import train as echo_train
+from tfrnn.tasks.mnist import model as mnist_model
 
-PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_torch.py")
+PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_peer.py")
 MNIST_PATHS = {
     "default": "default: RNN(LSTMCell) loop",
     "unrolled": "RNN(LSTMCell) unrolled",
@@ -171,7 +171,7 @@ def mnist_train_images_per_second(options: Options, path: str) -> float:
         )
     seconds = result.history[1]["seconds"]
     if seconds <= 0:
-        raise cli.UsageError(f"--batches {options.batches} is too few steps to time")
+        raise UsageError(f"--batches {options.batches} is too few steps to time")
     return options.batches * options.batch_size / seconds
 
 
@@ -221,15 +221,15 @@ def serving_figures(options: Options) -> dict:
 
 
 def run_peer(torch_python: str, arguments: list[str]) -> dict:
-    """Runs ``bench_torch.py arguments`` with ``torch_python``; its JSON result."""
+    """Runs ``torch_peer.py arguments`` with ``torch_python``; its JSON result."""
     command = [torch_python, PEER, *arguments]
     try:
         finished = subprocess.run(command, capture_output=True, text=True, check=False)
     except OSError as error:
-        raise cli.UsageError(f"TORCH_PYTHON={torch_python} cannot be run: {error}") from error
+        raise UsageError(f"TORCH_PYTHON={torch_python} cannot be run: {error}") from error
     if finished.returncode != 0:
         lines = finished.stderr.strip().splitlines() or ["(no output)"]
-        raise cli.UsageError(
+        raise UsageError(
             f"the PyTorch peer failed ({' '.join(command)}): {lines[-1]}; TORCH_PYTHON must "
             "name a Python with torch installed"
         )
@@ -422,14 +422,14 @@ def main(argv):
         # warnings are expected here and say nothing about the code measured.
         tf.get_logger().setLevel("ERROR")
     if len(argv) > 1:
-        raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     for name in ("rounds", "batches"):
         if FLAGS[name].value <= 0:
-            raise cli.UsageError(f"--{name} must be positive, got {FLAGS[name].value}")
+            raise UsageError(f"--{name} must be positive, got {FLAGS[name].value}")
     for name, allowed in (("workloads", WORKLOADS), ("mnist_paths", MNIST_PATHS)):
         unknown = sorted(set(FLAGS[name].value) - set(allowed))
         if unknown:
-            raise cli.UsageError(f"--{name} must be among {', '.join(allowed)}; got {unknown}")
+            raise UsageError(f"--{name} must be among {', '.join(allowed)}; got {unknown}")
     options = Options(
         rounds=FLAGS.rounds,
         batches=FLAGS.batches,
@@ -447,8 +447,3 @@ def main(argv):
             )
     run(options, os.environ.get("TORCH_PYTHON") or None)
     sys.stdout.flush()
-
-
-if __name__ == "__main__":
-    define_flags()
-    cli.run(main)

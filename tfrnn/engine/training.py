@@ -7,7 +7,7 @@ does the rest:
 * It runs under any ``tf.distribute`` strategy (default: ``tf.distribute.get_strategy()``,
   one device) with one code path: model and optimiser are created under
   ``strategy.scope()``, each epoch's batches go through
-  ``strategy.experimental_distribute_dataset`` (:func:`tfrnn.distribute.split_batches`), a
+  ``strategy.experimental_distribute_dataset`` (:func:`tfrnn.engine.distribute.split_batches`), a
   step is ``strategy.run``, the loss is averaged over the GLOBAL batch
   (``tf.nn.compute_average_loss``) and statistics are summed across replicas with
   ``strategy.reduce``.
@@ -30,12 +30,12 @@ does the rest:
   any point, the same command continues from the last checkpoint and ends with the same
   weights and metrics as a run never stopped (on CPU, with op determinism on).
 * A non-finite loss stops the run with :class:`TrainingDiverged` (a one-line
-  :class:`tfrnn.cli.UsageError`); a checkpoint is only written when every weight is finite,
+  :class:`tfrnn.UsageError`); a checkpoint is only written when every weight is finite,
   so the last one kept is good.
 * Under several workers (``MultiWorkerMirroredStrategy``) every worker trains and
   checkpoints, but only the chief writes ``config.json``, metrics, summaries and the plot;
   the others checkpoint to a temporary folder they delete at the end, and every worker
-  restores from the chief's ``checkpoints/`` (see :mod:`tfrnn.distribute`). Each global
+  restores from the chief's ``checkpoints/`` (see :mod:`tfrnn.engine.distribute`). Each global
   batch is split over the replicas (sharding by data, not by file), so the run's numbers do
   not depend on the number of replicas (to float rounding).
 
@@ -63,8 +63,8 @@ import tensorflow as tf
 from matplotlib import ticker
 from tensorflow.core.framework import summary_pb2
 
-from tfrnn import distribute
-from tfrnn.cli import UsageError
+from tfrnn.engine import distribute
+from tfrnn.errors import UsageError
 
 
 class TrainingDiverged(UsageError):

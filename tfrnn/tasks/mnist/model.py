@@ -1,7 +1,7 @@
 """MNIST read row by row: the model, the tutorials' presets, and ``train_and_evaluate``.
 
 Each 28x28 image is a sequence of 28 time steps of 28 pixels (one row a step, layout
-(batch, time, features)). A recurrent layer from :mod:`tfrnn.cells` reads the rows; its last
+(batch, time, features)). A recurrent layer from :mod:`tfrnn.layers.cells` reads the rows; its last
 output (or, the same thing for these cells, its final state h) goes through Dense(10) to the
 logits:
 
@@ -30,10 +30,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfrnn import distribute, export, training
-from tfrnn.cells import CELL_KINDS, make_rnn
-from tfrnn.cli import UsageError
 from tfrnn.data import mnist as mnist_data
+from tfrnn.engine import distribute, training
+from tfrnn.errors import UsageError
+from tfrnn.layers.cells import CELL_KINDS, make_rnn
+from tfrnn.serving import export
 
 # Pixel statistics of the MNIST training set, as fractions of 255 (see the dataset README).
 PIXEL_MEAN = 0.1307
@@ -94,7 +95,7 @@ class Config:
 # The tutorials' runs. TF1's read_data_sets kept 55,000 training images (validation_size 5000)
 # and fed pixels in [0, 1] without standardisation; its AdamOptimizer's epsilon was 1e-8; its
 # cells initialised one glorot-uniform matrix over [x; h] (recurrent_init tf1) and
-# BasicLSTMCell added forget_bias 1 (Keras' unit_forget_bias, on by default in tfrnn.cells'
+# BasicLSTMCell added forget_bias 1 (Keras' unit_forget_bias, on by default in tfrnn.layers.cells'
 # lstm).
 _TUTORIAL = dict(
     adam_epsilon=1e-8,
@@ -315,12 +316,12 @@ def train_and_evaluate(
     each IDX file's size and sha256 (:func:`tfrnn.data.mnist.idx_digest`): a resume may read
     the same files from another ``data_dir``, not other data.
 
-    Writes to ``workdir`` what :func:`tfrnn.training.fit` writes, plus ``model.keras``, the
-    servable SavedModel ``export/1/`` (:func:`tfrnn.export.export_workdir`: signature
+    Writes to ``workdir`` what :func:`tfrnn.engine.training.fit` writes, plus ``model.keras``, the
+    servable SavedModel ``export/1/`` (:func:`tfrnn.serving.export.export_workdir`: signature
     ``serving_default`` from ``rows`` to ``probabilities`` and ``classes``), and
     ``final.json`` with the final test
     accuracy on all test images and on the first 128 (tutorial C2's measure). Under a
-    multi-worker ``strategy`` only the chief writes these (see :mod:`tfrnn.distribute`).
+    multi-worker ``strategy`` only the chief writes these (see :mod:`tfrnn.engine.distribute`).
     """
     validate(config)
     if config.data_dir:

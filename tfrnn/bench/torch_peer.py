@@ -16,8 +16,8 @@ Workloads, the models, shapes and optimisers that :mod:`tfrnn.bench` times on tf
   state carried (detached) into the next: TF-style truncated BPTT. Reports the seconds of one
   epoch and the mean loss of its last 100 windows.
 
-Usage: python tfrnn/bench_torch.py mnist --batches 200
-       python tfrnn/bench_torch.py echo --num_steps 5 --state_size 4 --length 1000000
+Usage: python tfrnn/bench/torch_peer.py mnist --batches 200
+       python tfrnn/bench/torch_peer.py echo --num_steps 5 --state_size 4 --length 1000000
 """
 
 import argparse

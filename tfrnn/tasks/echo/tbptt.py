@@ -7,10 +7,10 @@ streams, where row i of window k+1 continues row i of window k (see
 :func:`make_window_runner` applies the gradients and loops over many windows inside one
 compiled ``tf.function``, under any ``tf.distribute`` strategy.
 
-Across replicas (``--strategy mirrored`` or ``multi_worker``, see :mod:`tfrnn.distribute`).
+Across replicas (``--strategy mirrored`` or ``multi_worker``, see :mod:`tfrnn.engine.distribute`).
 The global batch of B streams is split into R contiguous blocks: replica r trains rows
 [r * B / R, (r + 1) * B / R) of every window of the epoch
-(:func:`tfrnn.distribute.distribute_rows`), so stream i always lives on replica
+(:func:`tfrnn.engine.distribute.distribute_rows`), so stream i always lives on replica
 i // (B / R) and its state never moves. Each replica carries only its own rows' state: in
 ``explicit`` and ``true`` mode the carry is a per-replica value of (B / R, ...) tensors; in
 ``stateful`` mode the model is built with the per-replica batch B / R and the layer's state
@@ -60,8 +60,8 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
-from tfrnn import distribute
-from tfrnn.echo_model import build_echo_model
+from tfrnn.engine import distribute
+from tfrnn.tasks.echo.model import build_echo_model
 
 MODES = ("stateful", "explicit", "true")
 
@@ -252,7 +252,7 @@ def make_window_runner(
 
     ``run(inputs, targets, carry) -> (losses, carry)``: inputs and targets
     (num_windows, batch, num_steps) int32 (under a strategy, per-replica values from
-    :func:`tfrnn.distribute.distribute_rows` with axis 1), losses (num_windows,), the mean
+    :func:`tfrnn.engine.distribute.distribute_rows` with axis 1), losses (num_windows,), the mean
     over all rows. One call replaces num_windows Python-level steps, so the per-window cost
     is the step's own work. ``model`` and ``optimizer`` must be built under ``strategy``'s
     scope.

@@ -1,7 +1,7 @@
 """Training and evaluation for the echo-dependency task; what the experiment commands call.
 
 :func:`train_and_evaluate` is one run: a fresh series every epoch, cut into the tutorial's
-windows, trained with one of the modes of :mod:`tfrnn.tbptt` (Adagrad 0.1, batch 200). It
+windows, trained with one of the modes of :mod:`tfrnn.tasks.echo.tbptt` (Adagrad 0.1, batch 200). It
 records the tutorial's curve (the mean loss of every 100 batches), writes
 ``metrics.json``, ``curve.png`` and ``model.keras`` (the stateless model with the trained
 weights) to its workdir, and returns the metrics.
@@ -11,7 +11,7 @@ comparison of TF-style and true truncated BPTT; both print a table and write a s
 a combined plot.
 
 Every function takes an optional ``tf.distribute`` strategy and runs the same loop under it:
-the batch of streams is split over the replicas as :mod:`tfrnn.tbptt` describes (stream i
+the batch of streams is split over the replicas as :mod:`tfrnn.tasks.echo.tbptt` describes (stream i
 on replica i // (batch / replicas), for the whole epoch), and only the chief of a
 multi-worker cluster writes files. There are no checkpoints: a run restarts from scratch.
 """
@@ -28,9 +28,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfrnn import distribute, tbptt
-from tfrnn.cells import CELL_KINDS
-from tfrnn.cli import UsageError
 from tfrnn.data.echo import (
     ECHO_RULE,
     epoch_rng,
@@ -39,8 +36,12 @@ from tfrnn.data.echo import (
     expected_losses,
     generate_series,
 )
-from tfrnn.echo_model import build_echo_model
-from tfrnn.training import write_json_atomically
+from tfrnn.engine import distribute
+from tfrnn.engine.training import write_json_atomically
+from tfrnn.errors import UsageError
+from tfrnn.layers.cells import CELL_KINDS
+from tfrnn.tasks.echo import tbptt
+from tfrnn.tasks.echo.model import build_echo_model
 
 # The tutorial reports the mean loss of every 100 batches; final_loss is the last such mean.
 REPORT_EVERY = 100
