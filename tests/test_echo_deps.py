@@ -13,8 +13,8 @@ from tfrnn import cli
 from tfrnn.data.echo import expected_losses
 from tfrnn.errors import UsageError
 from tfrnn.tasks.echo import train as echo_train
+from tfrnn.tasks.echo.config import EchoConfig
 from tfrnn.tasks.echo.model import build_echo_model
-from tfrnn.tasks.echo.train import EchoConfig
 
 # 100 windows of 5 steps an epoch, on 200 streams: the smallest run the curve allows.
 SMALL = EchoConfig(series_length=100_000, epochs=2)

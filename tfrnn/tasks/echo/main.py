@@ -20,8 +20,9 @@ from absl import flags
 
 from tfrnn.engine import distribute
 from tfrnn.errors import UsageError
+from tfrnn.tasks.echo import config as echo_config
 from tfrnn.tasks.echo import train as echo_train
-from tfrnn.tasks.echo.train import BOUNDS, EchoConfig
+from tfrnn.tasks.echo.config import BOUNDS, EchoConfig
 
 SUITES = ("none", "canonical", "styles")
 ROOT = os.path.join("runs", "echo_deps")
@@ -106,7 +107,7 @@ def main(argv):
             if FLAGS[name].present:
                 raise UsageError(f"--{name} is set by --suite {FLAGS.suite}; leave it out")
     if FLAGS.epochs is not None:
-        config = echo_train.check_config(config)  # --epochs 0 is an error, not "default"
+        config = echo_config.check_config(config)  # --epochs 0 is an error, not "default"
     # Before anything starts TensorFlow's devices: --cpu_replicas splits the CPU.
     strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.cpu_replicas)
     workdir = FLAGS.workdir or os.path.join(
@@ -125,5 +126,5 @@ def main(argv):
             )
         else:
             echo_train.train_and_evaluate(
-                echo_train.check_config(config), workdir, strategy=strategy
+                echo_config.check_config(config), workdir, strategy=strategy
             )
