@@ -73,13 +73,14 @@ def _metrics(workdir):
 def test_run_writes_metrics_model_and_export(uninterrupted, data_dir):
     metrics = _metrics(uninterrupted)
     fingerprint = mnist_data.load(data_dir=data_dir).fingerprint
-    assert metrics["config"] == dataclasses.asdict(_config(data_dir)) | {
+    assert metrics["config"] == {"task": "mnist"} | dataclasses.asdict(_config(data_dir)) | {
         "data_fingerprint": fingerprint
     }
     assert [r["epoch"] for r in metrics["epochs"]] == [1, 2, 3]
     assert metrics["epochs"][-1]["train_loss"] < metrics["epochs"][0]["train_loss"]
     for name in ("curves.png", "config.json", "final.json", "model.keras", "export"):
         assert (uninterrupted / name).exists(), name
+    assert json.loads((uninterrupted / "config.json").read_text())["task"] == "mnist"
     assert os.listdir(uninterrupted / "tensorboard")
 
     images = np.random.default_rng(1).uniform(size=(5, 28, 28)).astype("float32")

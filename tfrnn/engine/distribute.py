@@ -258,3 +258,13 @@ def gather_rows(strategy: tf.distribute.Strategy, value, axis: int = 0) -> tf.Te
     if is_default(strategy):
         return tf.convert_to_tensor(value)
     return strategy.gather(value, axis=axis)
+
+
+def global_mean_loss(per_example: tf.Tensor, global_batch_size: int) -> tf.Tensor:
+    """A replica's share of the mean loss over the GLOBAL batch: sum(per_example) / global.
+
+    ``per_example`` (rows,): the losses of this replica's (or row shard's) examples. The
+    shares of every replica (and shard) add up to the mean over the global batch, so the
+    gradients the optimiser sums across replicas are those of that mean, as on one device.
+    """
+    return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)

@@ -35,7 +35,7 @@ from tfrnn.data.echo import (
     generate_series,
 )
 from tfrnn.engine import distribute
-from tfrnn.engine.training import write_json_atomically
+from tfrnn.engine.reporting import write_json_atomically
 from tfrnn.errors import UsageError
 from tfrnn.tasks.echo import tbptt
 from tfrnn.tasks.echo.config import REPORT_EVERY, EchoConfig, check_config

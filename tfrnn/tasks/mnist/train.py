@@ -77,7 +77,7 @@ def train_and_evaluate(
         task,
         workdir,
         # What the data is, so that a resume may read the same files from another folder.
-        dataclasses.asdict(config) | {"data_fingerprint": data.fingerprint},
+        {"task": "mnist"} | dataclasses.asdict(config) | {"data_fingerprint": data.fingerprint},
         strategy=strategy,
         checkpoint_every=checkpoint_every,
         jit_compile=config.jit_compile,
