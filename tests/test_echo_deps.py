@@ -59,7 +59,8 @@ def test_a_one_point_curve_is_drawn_as_a_dot():
 
 def test_a_diverging_run_stops_with_a_one_line_error(tmp_path):
     config = dataclasses.replace(SMALL, learning_rate=1e38, epochs=1, jit_compile=False)
-    with pytest.raises(UsageError, match="the loss became nan"):
+    message = r"loss became nan at step 1 \(epoch 1, run of 100 windows 1\)"
+    with pytest.raises(UsageError, match=message):
         echo_train.train_and_evaluate(config, str(tmp_path), verbose=0)
     assert (tmp_path / "metrics.json").exists()
 

@@ -95,6 +95,7 @@ class Call:
 class Steps(Protocol):
     """A task's training step, as :class:`Controller` drives it."""
 
+    step_name: str  # what a step is, for messages: "batch"
     progress_names: tuple[str, ...]  # the progress bar's running values
     progress_scale: int  # progress-bar units per step (1: steps)
 
@@ -228,8 +229,8 @@ class Controller:
     def _diverged(self, loss: float, epoch: int, step_in_epoch: int) -> None:
         self._report_records()
         raise TrainingDiverged(
-            f"loss became {loss} at step {int(self.global_step)} (epoch {epoch + 1}, batch "
-            f"{step_in_epoch}); kept the last good checkpoint "
+            f"loss became {loss} at step {int(self.global_step)} (epoch {epoch + 1}, "
+            f"{self.steps.step_name} {step_in_epoch}); kept the last good checkpoint "
             f"({self.checkpoints.describe_latest()}); lower the learning rate"
         )
 

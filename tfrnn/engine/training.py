@@ -144,6 +144,7 @@ class ClassifierSteps:
     holds.
     """
 
+    step_name = "batch"
     progress_names = ("loss", "accuracy")
     progress_scale = 1
 

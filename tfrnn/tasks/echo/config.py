@@ -35,6 +35,17 @@ class EchoConfig:
         return f"{self.cell}_steps{self.num_steps}_state{self.state_size}_{self.mode}"
 
     @property
+    def windows_per_epoch(self) -> int:
+        """(batch, num_steps) windows of an epoch's series (the rest is dropped)."""
+        return self.series_length // self.batch_size // self.num_steps
+
+    @property
+    def reports_per_epoch(self) -> int:
+        """Points of an epoch's curve: runs of :data:`REPORT_EVERY` windows (the rest is
+        dropped, so every point is a mean over exactly that many windows)."""
+        return self.windows_per_epoch // REPORT_EVERY
+
+    @property
     def expected_loss(self) -> float:
         """The tutorial's expected loss for this window: every lag shorter than num_steps.
 
@@ -69,7 +80,7 @@ def check_config(config: EchoConfig) -> EchoConfig:
         raise UsageError(f"--cell must be one of {', '.join(CELL_KINDS)}, got {config.cell!r}")
     if config.mode not in tbptt.MODES:
         raise UsageError(f"--mode must be one of {', '.join(tbptt.MODES)}, got {config.mode!r}")
-    windows = config.series_length // config.batch_size // config.num_steps
+    windows = config.windows_per_epoch
     if windows < REPORT_EVERY:
         raise UsageError(
             f"--series_length {config.series_length} gives {windows} windows an epoch with"

@@ -73,6 +73,12 @@ def define_flags() -> None:
         "Output directory. Default: runs/echo_deps/<config> for one run, runs/echo_deps/<suite>"
         " for a suite (its runs in <config> folders, its table and plots beside them).",
     )
+    flags.DEFINE_integer(
+        "checkpoint_every",
+        echo_train.CHECKPOINT_EVERY,
+        "Checkpoint every this many windows (a multiple of 100) and at each epoch's end; the"
+        " same command resumes from the last checkpoint in --workdir.",
+    )
     flags.DEFINE_string(
         "suite",
         "none",
@@ -126,5 +132,8 @@ def main(argv):
             )
         else:
             echo_train.train_and_evaluate(
-                echo_config.check_config(config), workdir, strategy=strategy
+                echo_config.check_config(config),
+                workdir,
+                strategy=strategy,
+                checkpoint_every=FLAGS.checkpoint_every,
             )
