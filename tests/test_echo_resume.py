@@ -1,11 +1,12 @@
 """An echo run killed with SIGKILL and started again ends as a run never stopped.
 
 The same command as ``python -m tfrnn.experiments.echo_deps --num_steps 10 --state_size 16
---epochs 3 --workdir W``, on a shorter series: three runs of 100 windows an epoch, a
-checkpoint every two runs and at each epoch's end. The process kills itself right after
-training step 5 (epoch 2, run 2; at a fixed step, so the test does not depend on timing):
-the last checkpoint is step 4, in the middle of epoch 2, so the resumed run must restore the
-streams' carried state and the series position, and redo step 5 the same way.
+--epochs 3 --workdir W``, on a shorter series: two runs of 100 windows an epoch, a
+checkpoint after every run. The process kills itself right after training step 4 (the last
+run of epoch 2, before the epoch's end is recorded; at a fixed step, so the test does not
+depend on timing): the last checkpoint is step 3, in the middle of epoch 2, so the resumed
+run must restore the streams' carried state and the series position, and redo step 4 the
+same way.
 """
 
 import json
@@ -23,9 +24,9 @@ from tfrnn.tasks.echo import train as echo_train
 from tfrnn.tasks.echo.config import EchoConfig
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-CONFIG = EchoConfig(num_steps=10, state_size=16, epochs=3, series_length=600_000)
-FLAGS = ["--num_steps=10", "--state_size=16", "--epochs=3", "--series_length=600000"]
-CHECKPOINT_EVERY = 200  # windows: two runs of 100
+CONFIG = EchoConfig(num_steps=10, state_size=16, epochs=3, series_length=400_000)
+FLAGS = ["--num_steps=10", "--state_size=16", "--epochs=3", "--series_length=400000"]
+CHECKPOINT_EVERY = 100  # windows: every run
 WALL_CLOCK = ("epoch_seconds", "seconds_per_epoch")
 
 
@@ -69,19 +70,19 @@ def test_sigkill_mid_epoch_then_same_command_ends_like_a_run_never_stopped(tmp_p
         CONFIG, str(uninterrupted), verbose=0, checkpoint_every=CHECKPOINT_EVERY
     )
     workdir = tmp_path / "killed"
-    killed = _run(workdir, kill_at_progress_update=5)
+    killed = _run(workdir, kill_at_progress_update=4)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-4")
+    assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-3")
     assert not (workdir / "model.keras").exists()
 
     resumed = _run(workdir)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     print(resumed.stdout.splitlines()[0])
     print(resumed.stdout.splitlines()[-1])
-    assert "(step 4, 1 epochs done)" in resumed.stdout.splitlines()[0]
+    assert "(step 3, 1 epochs done)" in resumed.stdout.splitlines()[0]
     assert json.loads((workdir / "config.json").read_text())["task"] == "echo"
     got = json.loads((workdir / "metrics.json").read_text())
-    assert len(got["curve"]) == 9 and len(got["epoch_seconds"]) == 3
+    assert len(got["curve"]) == 6 and len(got["epoch_seconds"]) == 3
     assert _without_wall_clock(got) == _without_wall_clock(expected)
     assert (workdir / "curve.png").stat().st_size > 1000
     trained = keras.saving.load_model(uninterrupted / "model.keras").get_weights()
