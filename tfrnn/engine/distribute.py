@@ -21,8 +21,9 @@ What a strategy compiles. A cross-replica all-reduce (the gradient sum inside
 ``multi_worker`` each replica's forward and backward pass is one XLA program and the update
 runs outside it. Under ``default`` there is nothing to all-reduce: the echo loop
 (:func:`tfrnn.tasks.echo.tbptt.make_window_runner`) then compiles its whole run of windows, updates
-included (see :func:`is_default`); MNIST's loop (:func:`tfrnn.engine.training.fit`) compiles the
-forward and backward pass under every strategy.
+included (see :func:`is_default`); MNIST's step
+(:class:`tfrnn.engine.training.ClassifierSteps`) compiles the forward and backward pass under
+every strategy.
 
 Rows to replicas. With R replicas in sync, a global batch of B rows (the ``--batch_size`` the
 user sets) gives each replica B / R rows, and B must divide evenly

@@ -84,9 +84,13 @@ def train_and_evaluate(
         verbose=verbose,
         title=title,
     )
-    model = result.model
-    if not distribute.is_chief(strategy or tf.distribute.get_strategy()):
-        return result  # the chief saves, exports and evaluates the same weights
+    if distribute.is_chief(strategy or tf.distribute.get_strategy()):
+        _save_export_and_evaluate(result.model, data, workdir, verbose)
+    return result  # on other workers: the chief saves, exports and evaluates the same weights
+
+
+def _save_export_and_evaluate(model, data, workdir: str, verbose: bool) -> None:
+    """Writes model.keras, export/1/ and final.json (the final test accuracies)."""
     model.save(os.path.join(workdir, "model.keras"))
     export_dir = os.path.join(workdir, "export")
     # The workdir's export mirrors its model.keras: a re-run replaces it rather than adding
@@ -107,4 +111,3 @@ def train_and_evaluate(
             f"the first 128; model in {workdir}/model.keras, SavedModel in {export_dir}/1",
             flush=True,
         )
-    return result
