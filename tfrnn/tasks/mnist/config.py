@@ -156,6 +156,19 @@ def config_for(preset: str | None = None, **overrides) -> Config:
     return dataclasses.replace(base, **given)
 
 
+# The range of each integer field. The upper bounds keep a typo from reaching TensorFlow as
+# an allocation it cannot make; seeds are what NumPy and TensorFlow both accept.
+BOUNDS = {
+    "units": (1, 4096),
+    "input_projection": (0, 4096),
+    "batch_size": (1, 65_536),
+    "epochs": (1, 10_000),
+    "train_steps": (0, 100_000_000),
+    "validation_size": (0, 59_999),
+    "seed": (0, 2**31 - 1),
+}
+
+
 def validate(config: Config) -> None:
     """Raises a one-line UsageError for any field out of range."""
 
@@ -164,12 +177,9 @@ def validate(config: Config) -> None:
             raise UsageError(message)
 
     check(config.cell in CELL_KINDS, f"--cell must be one of {', '.join(CELL_KINDS)}")
-    for name in ("units", "batch_size", "epochs"):
+    for name, (low, high) in BOUNDS.items():
         value = getattr(config, name)
-        check(value > 0, f"--{name} must be positive, got {value}")
-    for name in ("input_projection", "train_steps", "validation_size", "seed"):
-        value = getattr(config, name)
-        check(value >= 0, f"--{name} must be >= 0, got {value}")
+        check(low <= value <= high, f"--{name} must be in [{low}, {high}], got {value}")
     for name in ("learning_rate", "adam_epsilon"):
         value = getattr(config, name)
         check(
