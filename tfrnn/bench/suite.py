@@ -1,6 +1,6 @@
 """``make bench``: how fast tfrnn trains and serves, side by side with PyTorch on the same CPU.
 
-Workloads, on the shapes of the PyTorch reference (``tfrnn/bench/torch_peer.py``):
+Workloads, on the shapes of their PyTorch peers (:mod:`tfrnn.bench.torch_peer`):
 
 1. MNIST row LSTM training: 128 units, batch 128, Adam 1e-3, through the project's own loop
    (:func:`tfrnn.engine.training.fit`: XLA forward/backward, checkpointed, distributed-ready), on
