@@ -17,24 +17,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfrnn.data import mnist as mnist_data
 from tfrnn.data.echo import epoch_rng, epoch_windows, generate_series
+from tfrnn.data.mnist import write_synthetic_idx as write_tiny_mnist  # noqa: F401 (for test_distribute)
 from tfrnn.engine import distribute
 from tfrnn.tasks.echo import tbptt
 
 ECHO_BATCH, ECHO_STEPS, ECHO_STATE = 4, 3, 3
-
-
-def write_tiny_mnist(folder: str, num_train: int, num_test: int) -> None:
-    """IDX files of random images whose label sets one bright row (learnable)."""
-    rng = np.random.default_rng(0)
-    for split, count in (("train", num_train), ("test", num_test)):
-        labels = rng.integers(0, 10, size=count)
-        images = rng.integers(0, 100, size=(count, 28, 28))
-        images[np.arange(count), 2 * labels + 4, :] = 255
-        images_name, labels_name = mnist_data.IDX_FILES[split]
-        mnist_data.write_idx(os.path.join(folder, images_name), images)
-        mnist_data.write_idx(os.path.join(folder, labels_name), labels)
 
 
 def train_echo_windows(mode: str, strategy: tf.distribute.Strategy, *, jit_compile: bool):

@@ -154,3 +154,55 @@ def test_peer_echo_series_follows_the_rule_and_has_tfrnns_windows():
     for num_steps in (5, 10):
         windows, _ = epoch_windows(series_in, series_out, 200, num_steps)
         assert inputs.shape[1] // num_steps == len(windows)
+
+
+def test_other_mnist_paths_run_once_and_records_follow_the_options(
+    tmp_path, fake_peer, monkeypatch
+):
+    # Stand-in measurements: what is tested is the order of runs and records, not speed.
+    measured = []
+
+    def images_per_second(options, path):
+        measured.append(("mnist", path))
+        return 100.0 * len(measured)
+
+    def epoch_seconds(options, num_steps, state_size, mode):
+        measured.append(("echo", num_steps, state_size, mode))
+        return 0.5 * len(measured), 1.0
+
+    monkeypatch.setattr(bench, "mnist_train_images_per_second", images_per_second)
+    monkeypatch.setattr(bench, "echo_epoch_seconds", epoch_seconds)
+    options = bench.Options(
+        rounds=2,
+        mnist_paths=("keras_lstm", "default"),
+        echo_configs=((10, 16), (5, 4)),
+        echo_modes=("explicit", "stateful"),
+        workloads=("mnist", "echo"),
+        output_dir=str(tmp_path / "out"),
+    )
+    interpreter, calls = fake_peer
+    records = bench.run(options, interpreter, log=lambda line: None)
+
+    echo_runs = [
+        ("echo", *config, mode) for config in ((10, 16), (5, 4)) for mode in options.echo_modes
+    ]
+    assert measured == [("mnist", "keras_lstm"), ("mnist", "default"), *echo_runs] + [
+        ("mnist", "default"),
+        *echo_runs,
+    ]
+    assert [line.split()[0] for line in calls.read_text().splitlines()] == [
+        "mnist", "echo", "echo", "mnist", "echo", "echo"
+    ]  # fmt: skip
+    assert [(r["workload"], r["tfrnn_runs"], r["torch_runs"]) for r in records[:2]] == [
+        ("MNIST train, keras.layers.LSTM", [100.0], [1000.0, 1000.0]),
+        ("MNIST train, default: RNN(LSTMCell) loop", [200.0, 700.0], [1000.0, 1000.0]),
+    ]
+    assert [(r["workload"], r["metric"]) for r in records[2:6]] == [
+        ("echo (10, 16) explicit", "epoch seconds"),
+        ("echo (10, 16) explicit", "first-epoch extra seconds (XLA compile)"),
+        ("echo (10, 16) stateful", "epoch seconds"),
+        ("echo (10, 16) stateful", "first-epoch extra seconds (XLA compile)"),
+    ]
+    assert records[2]["tfrnn_runs"] == [1.5, 4.0] and records[3]["tfrnn_runs"] == [1.0, 1.0]
+    assert records[2]["torch_runs"] == [PEER_EPOCH_SECONDS] * 2 and len(records) == 10
+    assert all(len(r["load_1min"]) == len(r["tfrnn_runs"]) for r in records)

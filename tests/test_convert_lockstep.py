@@ -69,7 +69,6 @@ JOBS = {
     ),
 }
 ECHO_JOBS = [name for name in JOBS if name.startswith("echo")]
-MNIST_JOBS = [name for name in JOBS if not name.startswith("echo")]
 
 
 def _echo_data(job, seed):

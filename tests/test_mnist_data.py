@@ -15,21 +15,6 @@ from tfrnn.data import mnist as mnist_data
 from tfrnn.errors import UsageError
 
 
-def write_tiny_mnist(folder, num_train=40, num_test=12, compress=True, seed=0):
-    """Writes the four IDX files of a random MNIST-shaped set; returns its arrays."""
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    suffix = ".gz" if compress else ""
-    for split, count in (("train", num_train), ("test", num_test)):
-        images = rng.integers(0, 256, size=(count, 28, 28), dtype=np.uint8)
-        labels = rng.integers(0, 10, size=count, dtype=np.uint8)
-        images_name, labels_name = mnist_data.IDX_FILES[split]
-        mnist_data.write_idx(os.path.join(folder, images_name + suffix), images)
-        mnist_data.write_idx(os.path.join(folder, labels_name + suffix), labels)
-        arrays[split] = (images, labels)
-    return arrays
-
-
 def _as_arrays(dataset):
     images, labels = zip(*[(image.numpy(), label.numpy()) for image, label in dataset], strict=True)
     return np.concatenate(images), np.concatenate(labels)
@@ -37,7 +22,7 @@ def _as_arrays(dataset):
 
 @pytest.mark.parametrize("compress", [True, False])
 def test_idx_folder_round_trip(tmp_path, compress):
-    arrays = write_tiny_mnist(tmp_path, compress=compress)
+    arrays = mnist_data.write_synthetic_idx(tmp_path, 40, 12, compress=compress)
     data = mnist_data.load(data_dir=str(tmp_path))
     assert (data.train.num_examples, data.test.num_examples) == (40, 12)
     images, labels = _as_arrays(mnist_data.test_batches(data.test, 5))
@@ -48,9 +33,23 @@ def test_idx_folder_round_trip(tmp_path, compress):
     np.testing.assert_array_equal(first_three, images[:3])
 
 
+def test_synthetic_set_lights_the_row_of_each_label(tmp_path):
+    arrays = mnist_data.write_synthetic_idx(tmp_path, 30, 10, seed=3)
+    assert sorted(os.listdir(tmp_path)) == sorted(sum(mnist_data.IDX_FILES.values(), ()))
+    for split, count in (("train", 30), ("test", 10)):
+        images, labels = arrays[split]
+        assert images.shape == (count, 28, 28) and labels.shape == (count,)
+        rows = 2 * labels.astype(int) + 4
+        assert (images[np.arange(count), rows] == 255).all()
+        assert (images.sum(axis=2).argmax(axis=1) == rows).all()  # the brightest row
+    (tmp_path / "again").mkdir()
+    again = mnist_data.write_synthetic_idx(tmp_path / "again", 30, 10, seed=3)
+    np.testing.assert_array_equal(again["train"][0], arrays["train"][0])  # the seed decides
+
+
 @pytest.mark.parametrize("compress", [True, False])
 def test_fingerprint_is_each_uncompressed_files_size_and_sha256(tmp_path, compress):
-    write_tiny_mnist(tmp_path, compress=compress)
+    mnist_data.write_synthetic_idx(tmp_path, 40, 12, compress=compress)
     fingerprint = mnist_data.load(data_dir=str(tmp_path)).fingerprint
     assert sorted(fingerprint) == sorted(
         name for names in mnist_data.IDX_FILES.values() for name in names
@@ -64,7 +63,7 @@ def test_fingerprint_is_each_uncompressed_files_size_and_sha256(tmp_path, compre
 
 def test_validation_size_leaves_out_the_first_training_images(tmp_path):
     # TF1's read_data_sets kept the first 5,000 training images as its validation split.
-    arrays = write_tiny_mnist(tmp_path)
+    arrays = mnist_data.write_synthetic_idx(tmp_path, 40, 12, compress=True)
     data = mnist_data.load(data_dir=str(tmp_path), validation_size=15)
     assert data.train.num_examples == 25
     _, labels = _as_arrays(data.train.examples.batch(100))
@@ -74,7 +73,7 @@ def test_validation_size_leaves_out_the_first_training_images(tmp_path):
 
 
 def test_epoch_order_depends_on_seed_and_epoch_and_skip_resumes_it(tmp_path):
-    write_tiny_mnist(tmp_path)
+    mnist_data.write_synthetic_idx(tmp_path, 40, 12, compress=True)
     split = mnist_data.load(data_dir=str(tmp_path)).train
     assert mnist_data.steps_per_epoch(split, 8) == 5
 
@@ -97,7 +96,7 @@ def test_epoch_order_depends_on_seed_and_epoch_and_skip_resumes_it(tmp_path):
 
 
 def test_incomplete_last_batch_is_dropped_in_training_only(tmp_path):
-    write_tiny_mnist(tmp_path, num_train=20, num_test=20)
+    mnist_data.write_synthetic_idx(tmp_path, 20, 20, compress=True)
     data = mnist_data.load(data_dir=str(tmp_path))
     sizes = [len(labels) for _, labels in mnist_data.train_batches(data.train, 8, 0, 0)]
     assert sizes == [8, 8]
@@ -115,14 +114,14 @@ def _replace(folder, name, content: bytes):
 def test_missing_folder_and_missing_file(tmp_path):
     with pytest.raises(UsageError, match="no such folder"):
         mnist_data.load(data_dir=str(tmp_path / "nowhere"))
-    write_tiny_mnist(tmp_path)
+    mnist_data.write_synthetic_idx(tmp_path, 40, 12, compress=True)
     os.remove(tmp_path / "t10k-labels-idx1-ubyte.gz")
     with pytest.raises(UsageError, match=r"missing t10k-labels-idx1-ubyte\.gz"):
         mnist_data.load(data_dir=str(tmp_path))
 
 
 def test_wrong_magic_names_the_file(tmp_path):
-    write_tiny_mnist(tmp_path)
+    mnist_data.write_synthetic_idx(tmp_path, 40, 12, compress=True)
     labels_path = os.path.join(tmp_path, "train-labels-idx1-ubyte.gz")
     images_path = os.path.join(tmp_path, "train-images-idx3-ubyte.gz")
     shutil.copy(labels_path, images_path)  # a labels file where the images should be
@@ -132,7 +131,7 @@ def test_wrong_magic_names_the_file(tmp_path):
 
 
 def test_truncated_data_and_truncated_gzip(tmp_path):
-    write_tiny_mnist(tmp_path)
+    mnist_data.write_synthetic_idx(tmp_path, 40, 12, compress=True)
     name = "t10k-images-idx3-ubyte"
     with gzip.open(os.path.join(tmp_path, name + ".gz"), "rb") as handle:
         content = handle.read()
@@ -149,7 +148,7 @@ def test_truncated_data_and_truncated_gzip(tmp_path):
 
 
 def test_image_and_label_counts_must_agree(tmp_path):
-    write_tiny_mnist(tmp_path)
+    mnist_data.write_synthetic_idx(tmp_path, 40, 12, compress=True)
     mnist_data.write_idx(
         os.path.join(tmp_path, "train-labels-idx1-ubyte.gz"), np.zeros(39, np.uint8)
     )
@@ -216,7 +215,7 @@ def test_unknown_dataset_is_one_line_error_with_or_without_data_dir(offline, tmp
         "--dataset 'nosuchset' is not a TFDS dataset; 28x28 grayscale ones include mnist, "
         "fashion_mnist, kmnist"
     )
-    write_tiny_mnist(tmp_path)
+    mnist_data.write_synthetic_idx(tmp_path, 40, 12, compress=True)
     with pytest.raises(UsageError) as error:
         mnist_data.load("nosuchset", data_dir=str(tmp_path))
     assert str(error.value) == (

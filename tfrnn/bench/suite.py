@@ -1,6 +1,6 @@
 """``make bench``: how fast tfrnn trains and serves, side by side with PyTorch on the same CPU.
 
-Workloads, on the shapes of the PyTorch reference (``tfrnn/bench/torch_peer.py``):
+Workloads, on the shapes of their PyTorch peers (:mod:`tfrnn.bench.torch_peer`):
 
 1. MNIST row LSTM training: 128 units, batch 128, Adam 1e-3, through the project's own loop
    (:func:`tfrnn.engine.training.fit`: XLA forward/backward, checkpointed, distributed-ready), on
@@ -276,11 +276,40 @@ def format_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(options: Options, torch_python: str | None = None, log=print) -> list[dict]:
-    """Measures ``options.workloads``, writes results.json and environment.json; the records."""
-    if torch_python is None:
-        log(SKIP_LINE)
-    environment = {
+@dataclasses.dataclass
+class Figures:
+    """Every figure the rounds measured, one a round, listed by what was measured.
+
+    tfrnn keys are ``("mnist", path)`` and ``("echo", num_steps, state_size, mode)``; the
+    PyTorch peer's are ``("mnist",)`` and ``("echo", num_steps, state_size)``.
+    """
+
+    tfrnn: dict = dataclasses.field(default_factory=dict)
+    load: dict = dataclasses.field(default_factory=dict)  # the 1-minute load before each
+    compile_seconds: dict = dataclasses.field(default_factory=dict)  # echo's first-epoch extra
+    torch: dict = dataclasses.field(default_factory=dict)
+    torch_threads: set = dataclasses.field(default_factory=set)
+
+    def measure(self, key: tuple, measurement, *args):
+        """Notes the load, runs ``measurement(*args)`` and keeps its figure (the first item
+        of a tuple); returns what the measurement returned."""
+        self.load.setdefault(key, []).append(_load())
+        result = measurement(*args)
+        figure = result[0] if isinstance(result, tuple) else result
+        self.tfrnn.setdefault(key, []).append(figure)
+        return result
+
+    def ask_peer(self, torch_python: str, key: tuple, arguments: list[str], field: str):
+        """Runs the PyTorch peer for ``key`` and keeps its ``field``; returns that figure."""
+        result = run_peer(torch_python, [key[0], *arguments])
+        self.torch.setdefault(key, []).append(result[field])
+        self.torch_threads.add(result["threads"])
+        return result[field]
+
+
+def _environment(options: Options, torch_python: str | None) -> dict:
+    """What environment.json records at the start: machine, load, threads, versions, options."""
+    return {
         "cpus": os.cpu_count(),
         "cpu_model": _cpu_model(),
         "load_average_start": list(os.getloadavg()),
@@ -292,106 +321,124 @@ def run(options: Options, torch_python: str | None = None, log=print) -> list[di
         "torch_python": torch_python,
         "options": dataclasses.asdict(options),
     }
-    mnist_runs = {path: [] for path in options.mnist_paths}
-    mnist_load = {path: [] for path in options.mnist_paths}
-    torch_mnist, echo_runs, echo_compile, echo_load, torch_echo = [], {}, {}, {}, {}
-    peer_threads = set()
+
+
+def _mnist_round(options: Options, torch_python, first: bool, figures: Figures, log) -> None:
+    """tfrnn's MNIST paths (all in the first round, then the default only), the PyTorch peer
+    right after the default."""
+    for path in options.mnist_paths:
+        if path != "default" and not first:
+            continue  # the other paths: one run, for comparison with the default
+        value = figures.measure(("mnist", path), mnist_train_images_per_second, options, path)
+        log(f"tfrnn MNIST {MNIST_PATHS[path]}: {value:,.0f} images/s")
+        if path == "default" and torch_python:
+            arguments = ["--batches", str(options.batches), "--batch_size",
+                         str(options.batch_size), "--units", str(options.units)]  # fmt: skip
+            value = figures.ask_peer(torch_python, ("mnist",), arguments, "images_per_second")
+            log(f"PyTorch MNIST: {value:,.0f} images/s")
+
+
+def _echo_round(options: Options, torch_python, figures: Figures, log) -> None:
+    """Each echo configuration: tfrnn in every mode, then the PyTorch peer."""
+    for num_steps, state_size in options.echo_configs:
+        for mode in options.echo_modes:
+            key = ("echo", num_steps, state_size, mode)
+            seconds, compile_seconds = figures.measure(
+                key, echo_epoch_seconds, options, num_steps, state_size, mode
+            )
+            figures.compile_seconds.setdefault(key, []).append(compile_seconds)
+            log(
+                f"tfrnn echo ({num_steps}, {state_size}) {mode}: {seconds:.3f} s"
+                f" an epoch (+{compile_seconds:.1f} s compile in the first)"
+            )
+        if torch_python:
+            arguments = ["--num_steps", str(num_steps), "--state_size", str(state_size),
+                         "--length", str(options.series_length)]  # fmt: skip
+            key = ("echo", num_steps, state_size)
+            seconds = figures.ask_peer(torch_python, key, arguments, "seconds")
+            log(f"PyTorch echo ({num_steps}, {state_size}): {seconds:.3f} s an epoch")
+
+
+def _training_records(options: Options, figures: Figures) -> list[dict]:
+    """The MNIST records (one a path that ran), then the echo records (two a run: the epoch
+    seconds and the first epoch's extra seconds), in the order of ``options``."""
+    records = []
+    for path in options.mnist_paths:
+        key = ("mnist", path)
+        if key in figures.tfrnn:
+            workload = f"MNIST train, {MNIST_PATHS[path]}"
+            records.append(
+                make_record(workload, "images/s", figures.tfrnn[key],
+                            figures.torch.get(("mnist",)), figures.load[key])
+            )  # fmt: skip
+    for num_steps, state_size in options.echo_configs:
+        for mode in options.echo_modes:
+            key = ("echo", num_steps, state_size, mode)
+            if key not in figures.tfrnn:
+                continue
+            workload, load = f"echo ({num_steps}, {state_size}) {mode}", figures.load[key]
+            torch_runs = figures.torch.get(("echo", num_steps, state_size))
+            records += [
+                make_record(workload, "epoch seconds", figures.tfrnn[key], torch_runs, load),
+                make_record(workload, "first-epoch extra seconds (XLA compile)",
+                            figures.compile_seconds[key], load=load),
+            ]  # fmt: skip
+    return records
+
+
+def _serving_records(options: Options, log) -> list[dict]:
+    """The serving figures (no PyTorch peer), measured once."""
+    load = [_load()]
+    figures = serving_figures(options)
+    log(
+        f"tfrnn serving: batch 1 {figures['latency_median_ms']:.2f} ms median, "
+        f"{figures['latency_p99_ms']:.2f} ms p99; batch 256 "
+        f"{figures['batch256_images_per_second']:,.0f} images/s"
+    )
+    return [
+        make_record("serving, batch 1", "latency ms (median)", [figures["latency_median_ms"]],
+                    load=load),
+        make_record("serving, batch 1", "latency ms (p99)", [figures["latency_p99_ms"]],
+                    load=load),
+        make_record("serving, batch 256", "images/s",
+                    [figures["batch256_images_per_second"]], load=load),
+    ]  # fmt: skip
+
+
+def _write_results(output_dir: str, records: list[dict], environment: dict) -> None:
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "results.json"), "w") as handle:
+        json.dump(records, handle, indent=1)
+    with open(os.path.join(output_dir, "environment.json"), "w") as handle:
+        json.dump(environment, handle, indent=1)
+
+
+def run(options: Options, torch_python: str | None = None, log=print) -> list[dict]:
+    """Measures ``options.workloads``, writes results.json and environment.json; the records.
+
+    The training workloads run ``options.rounds`` times, each tfrnn run followed by its
+    PyTorch peer's when ``torch_python`` is given; serving runs once, at the end.
+    """
+    if torch_python is None:
+        log(SKIP_LINE)
+    environment = _environment(options, torch_python)
+    figures = Figures()
     for round_index in range(options.rounds):
         prefix = f"round {round_index + 1}/{options.rounds}:"
+
+        def log_round(line, prefix=prefix):
+            log(f"{prefix} {line}")
+
         if "mnist" in options.workloads:
-            for path in options.mnist_paths:
-                if path != "default" and round_index > 0:
-                    continue  # the other paths: one run, for comparison with the default
-                mnist_load[path].append(_load())
-                value = mnist_train_images_per_second(options, path)
-                mnist_runs[path].append(value)
-                log(f"{prefix} tfrnn MNIST {MNIST_PATHS[path]}: {value:,.0f} images/s")
-                if path == "default" and torch_python:
-                    result = run_peer(
-                        torch_python,
-                        ["mnist", "--batches", str(options.batches), "--batch_size",
-                         str(options.batch_size), "--units", str(options.units)],
-                    )  # fmt: skip
-                    torch_mnist.append(result["images_per_second"])
-                    peer_threads.add(result["threads"])
-                    log(f"{prefix} PyTorch MNIST: {result['images_per_second']:,.0f} images/s")
+            _mnist_round(options, torch_python, round_index == 0, figures, log_round)
         if "echo" in options.workloads:
-            for num_steps, state_size in options.echo_configs:
-                for mode in options.echo_modes:
-                    key = (num_steps, state_size, mode)
-                    echo_load.setdefault(key, []).append(_load())
-                    seconds, compile_seconds = echo_epoch_seconds(
-                        options, num_steps, state_size, mode
-                    )
-                    echo_runs.setdefault(key, []).append(seconds)
-                    echo_compile.setdefault(key, []).append(compile_seconds)
-                    log(
-                        f"{prefix} tfrnn echo ({num_steps}, {state_size}) {mode}: {seconds:.3f} s"
-                        f" an epoch (+{compile_seconds:.1f} s compile in the first)"
-                    )
-                if torch_python:
-                    result = run_peer(
-                        torch_python,
-                        ["echo", "--num_steps", str(num_steps), "--state_size",
-                         str(state_size), "--length", str(options.series_length)],
-                    )  # fmt: skip
-                    torch_echo.setdefault((num_steps, state_size), []).append(result["seconds"])
-                    peer_threads.add(result["threads"])
-                    log(
-                        f"{prefix} PyTorch echo ({num_steps}, {state_size}): "
-                        f"{result['seconds']:.3f} s an epoch"
-                    )
-    records = []
-    for path, runs in mnist_runs.items():
-        if runs:
-            records.append(
-                make_record(
-                    f"MNIST train, {MNIST_PATHS[path]}",
-                    "images/s",
-                    runs,
-                    torch_mnist,
-                    mnist_load[path],
-                )
-            )
-    for (num_steps, state_size, mode), runs in echo_runs.items():
-        workload = f"echo ({num_steps}, {state_size}) {mode}"
-        load = echo_load[(num_steps, state_size, mode)]
-        records.append(
-            make_record(
-                workload, "epoch seconds", runs, torch_echo.get((num_steps, state_size)), load
-            )
-        )
-        records.append(
-            make_record(
-                workload,
-                "first-epoch extra seconds (XLA compile)",
-                echo_compile[(num_steps, state_size, mode)],
-                load=load,
-            )
-        )
+            _echo_round(options, torch_python, figures, log_round)
+    records = _training_records(options, figures)
     if "serving" in options.workloads:
-        load = [_load()]
-        figures = serving_figures(options)
-        log(
-            f"tfrnn serving: batch 1 {figures['latency_median_ms']:.2f} ms median, "
-            f"{figures['latency_p99_ms']:.2f} ms p99; batch 256 "
-            f"{figures['batch256_images_per_second']:,.0f} images/s"
-        )
-        records += [
-            make_record("serving, batch 1", "latency ms (median)", [figures["latency_median_ms"]],
-                        load=load),
-            make_record("serving, batch 1", "latency ms (p99)", [figures["latency_p99_ms"]],
-                        load=load),
-            make_record("serving, batch 256", "images/s",
-                        [figures["batch256_images_per_second"]], load=load),
-        ]  # fmt: skip
+        records += _serving_records(options, log)
     environment["load_average_end"] = list(os.getloadavg())
-    environment["torch_threads"] = sorted(peer_threads) or None
-    os.makedirs(options.output_dir, exist_ok=True)
-    with open(os.path.join(options.output_dir, "results.json"), "w") as handle:
-        json.dump(records, handle, indent=1)
-    with open(os.path.join(options.output_dir, "environment.json"), "w") as handle:
-        json.dump(environment, handle, indent=1)
+    environment["torch_threads"] = sorted(figures.torch_threads) or None
+    _write_results(options.output_dir, records, environment)
     log(format_table(records))
     log(
         f"{environment['cpus']} CPUs ({environment['cpu_model']}), load average "

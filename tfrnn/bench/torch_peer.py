@@ -26,7 +26,8 @@ import time
 
 import numpy as np
 
-# Warm-up steps before the timed ones, as in the reference.
+# Untimed steps first, so that the one-off costs of the first steps (allocation, thread start)
+# stay out of the figure.
 MNIST_WARMUP_BATCHES = 20
 
 
@@ -59,7 +60,7 @@ def mnist_images_per_second(batches: int, batch_size: int = 128, units: int = 12
 
 
 def echo_rows(length: int, batch_size: int = 200, seed: int = 0):
-    """The reference's echo series (seed 0), cut into ``batch_size`` contiguous rows.
+    """The echo-dependency series drawn from ``seed``, cut into ``batch_size`` contiguous rows.
 
     Returns (inputs, targets), int64 arrays of shape (batch_size, length // batch_size):
     row i holds steps [i * L, (i + 1) * L) of the series, L = length // batch_size.
@@ -106,7 +107,7 @@ def echo_epoch_seconds(num_steps: int, state_size: int, length: int, batch_size:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    """The command line; defaults are the reference's shapes."""
+    """The command line; the defaults are the shapes ``make bench`` times."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workload", choices=["mnist", "echo"])
     parser.add_argument("--batches", type=int, default=200, help="mnist: timed steps")

@@ -14,7 +14,7 @@ with ``image`` uint8 (28, 28) and ``label`` int32 in [0, 10):
 training order of an epoch depends only on ``(seed, epoch)``, and a pipeline can start after
 the batches a previous run already trained on: that is what makes resuming exact.
 
-Bad data gives a :class:`tfrnn.UsageError` naming the file and what is wrong.
+Bad data gives a :class:`tfrnn.errors.UsageError` naming the file and what is wrong.
 """
 
 from __future__ import annotations
@@ -120,6 +120,29 @@ def write_idx(path: str, array: np.ndarray) -> None:
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "wb") as handle:
         handle.write(_idx_header(array) + array.tobytes())
+
+
+def write_synthetic_idx(
+    folder: str, num_train: int, num_test: int, *, seed: int = 0, compress: bool = False
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Writes the four IDX files of a made-up MNIST-shaped set that a model can learn.
+
+    Each image is dim noise (0-99) with row ``2 * label + 4`` lit at 255, so the rows carry
+    the label. For tests and the tutorials' quick mode, which must not download MNIST.
+    ``compress`` writes ``.gz`` files. Returns ``{split: (images, labels)}``, uint8 arrays as
+    written.
+    """
+    rng = np.random.default_rng(seed)
+    suffix = ".gz" if compress else ""
+    arrays = {}
+    for split, count in (("train", num_train), ("test", num_test)):
+        labels = rng.integers(0, NUM_CLASSES, size=count)
+        images = rng.integers(0, 100, size=(count, IMAGE_SIZE, IMAGE_SIZE))
+        images[np.arange(count), 2 * labels + 4, :] = 255
+        arrays[split] = (images.astype(np.uint8), labels.astype(np.uint8))
+        for name, array in zip(IDX_FILES[split], arrays[split], strict=True):
+            write_idx(os.path.join(folder, name + suffix), array)
+    return arrays
 
 
 def idx_digest(array: np.ndarray) -> dict:

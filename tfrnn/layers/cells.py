@@ -129,8 +129,8 @@ class RNN(keras.layers.RNN):
     a while loop keeps every such intermediate for the backward pass: the whole recurrent
     kernel copied once per time step and read back (for the 128-unit LSTM over 28 rows,
     28 copies of 256 KB per call). Read once outside the loop, the kernel is a loop
-    invariant that the loop merely captures. For the MNIST LSTM this cut the CPU time of a
-    forward and backward pass by about 10% (experiments/bench/README.md).
+    invariant that the loop merely captures, and a forward and backward pass of the MNIST
+    LSTM takes about 10% less CPU time (measurements: experiments/bench/README.md).
 
     How: Keras runs the loop (``inner_loop``) without changing any variable, so it can run
     inside a ``keras.StatelessScope`` that maps each trainable weight of the cell to a value

@@ -69,6 +69,7 @@ from tfrnn.tasks.echo.model import build_echo_model
 from tfrnn.tasks.mnist import config as mnist_config
 from tfrnn.tasks.mnist import model as mnist_model
 
+FLAGS = flags.FLAGS
 TUTORIALS = ("A", "C1", "C2", "C3")
 IMAGE_SIZE = 28
 DIGITS = 10
@@ -465,46 +466,37 @@ def convert(
     return conversion
 
 
-def main(argv, flag_values=None):
+def main(argv):
     """The command: convert, then say what was found and how to export it."""
     if len(argv) > 1:
         raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    values = flags.FLAGS if flag_values is None else flag_values
-    tutorial = values.tutorial.upper() if values.tutorial else None
-    conversion = convert(values.tf1_checkpoint, values.workdir, tutorial, values.forget_bias)
+    tutorial = FLAGS.tutorial.upper() if FLAGS.tutorial else None
+    conversion = convert(FLAGS.tf1_checkpoint, FLAGS.workdir, tutorial, FLAGS.forget_bias)
     sizes = f"{conversion.units} units"
     if conversion.projection:
         sizes += f", input projection {conversion.projection}"
     print(
-        f"converted {values.tf1_checkpoint} (tutorial {conversion.tutorial}: {conversion.cell} "
-        f"cell, {sizes}) to {values.workdir}/model.keras"
+        f"converted {FLAGS.tf1_checkpoint} (tutorial {conversion.tutorial}: {conversion.cell} "
+        f"cell, {sizes}) to {FLAGS.workdir}/model.keras"
     )
     if conversion.optimizer_variables:
         print(f"left out {len(conversion.optimizer_variables)} optimizer variables")
-    print(f"serve it: python -m tfrnn.export --workdir {values.workdir} --export_dir models/NAME")
+    print(f"serve it: python -m tfrnn.export --workdir {FLAGS.workdir} --export_dir models/NAME")
 
 
-def define_flags(flag_values=None):
-    """Defines the command's flags (in ``flag_values``, or absl's global flags)."""
-    flag_values = flags.FLAGS if flag_values is None else flag_values
+def define_flags() -> None:
+    """Defines the command's flags (absl's global flags), when it runs as a command."""
     flags.DEFINE_string(
-        "tf1_checkpoint",
-        None,
-        "TF1 checkpoint prefix (model.ckpt-800) or its folder",
-        flag_values=flag_values,
+        "tf1_checkpoint", None, "TF1 checkpoint prefix (model.ckpt-800) or its folder"
     )
-    flags.DEFINE_string("workdir", None, "new tfrnn workdir to write", flag_values=flag_values)
+    flags.DEFINE_string("workdir", None, "new tfrnn workdir to write")
     flags.DEFINE_string(
         "tutorial",
         None,
         "A, C1, C2 or C3, where the variables cannot tell (C1 vs C2 when the "
         "units are neither 100 nor 128)",
-        flag_values=flag_values,
     )
     flags.DEFINE_float(
-        "forget_bias",
-        None,
-        "the BasicLSTMCell's forget_bias (default 1.0, as in every tutorial)",
-        flag_values=flag_values,
+        "forget_bias", None, "the BasicLSTMCell's forget_bias (default 1.0, as in every tutorial)"
     )
-    flags.mark_flags_as_required(["tf1_checkpoint", "workdir"], flag_values=flag_values)
+    flags.mark_flags_as_required(["tf1_checkpoint", "workdir"])
