@@ -18,7 +18,6 @@ import numpy as np
 import tensorflow as tf
 
 from tfrnn.data.echo import epoch_rng, epoch_windows, generate_series
-from tfrnn.data.mnist import write_synthetic_idx as write_tiny_mnist  # noqa: F401 (for test_distribute)
 from tfrnn.engine import distribute
 from tfrnn.tasks.echo import tbptt
 

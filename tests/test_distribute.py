@@ -20,9 +20,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from distribute_testing import train_echo_windows, write_tiny_mnist
+from distribute_testing import train_echo_windows
 
 from tfrnn import cli
+from tfrnn.data import mnist as mnist_data
 from tfrnn.engine import distribute
 from tfrnn.errors import UsageError
 from tfrnn.tasks.echo import config as echo_config
@@ -41,7 +42,7 @@ MNIST_FLAGS += ["--checkpoint_every", "100"]
 @pytest.fixture(scope="module")
 def mnist_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("idx")
-    write_tiny_mnist(str(folder), num_train=8, num_test=8)
+    mnist_data.write_synthetic_idx(str(folder), 8, 8)
     return str(folder)
 
 

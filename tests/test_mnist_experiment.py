@@ -35,15 +35,7 @@ FLAGS = ["--units", "8", "--batch_size", "16", "--epochs", "3", "--checkpoint_ev
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("idx")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 96), ("test", 40)):
-        labels = rng.integers(0, 10, size=count)
-        # A learnable signal: the label sets the brightness of one row.
-        images = rng.integers(0, 100, size=(count, 28, 28))
-        images[np.arange(count), 2 * labels + 4, :] = 255
-        images_name, labels_name = mnist_data.IDX_FILES[split]
-        mnist_data.write_idx(str(folder / (images_name + ".gz")), images)
-        mnist_data.write_idx(str(folder / labels_name), labels)
+    mnist_data.write_synthetic_idx(str(folder), 96, 40, compress=True)
     return str(folder)
 
 
