@@ -41,7 +41,7 @@ from tfrnn.engine.training import write_json_atomically
 from tfrnn.errors import UsageError
 from tfrnn.layers.cells import CELL_KINDS
 from tfrnn.tasks.echo import tbptt
-from tfrnn.tasks.echo.model import build_echo_model
+from tfrnn.tasks.echo.model import stateless_copy
 
 # The tutorial reports the mean loss of every 100 batches; final_loss is the last such mean.
 REPORT_EVERY = 100
@@ -197,7 +197,7 @@ def train_and_evaluate(
     metrics["seconds_per_epoch"] = statistics.median(seconds[1:] or seconds)
     if not chief:
         return metrics
-    _save_stateless_model(model, config, os.path.join(workdir, "model.keras"))
+    stateless_copy(model).save(os.path.join(workdir, "model.keras"))
     write_json_atomically(os.path.join(workdir, "metrics.json"), metrics)
     plot_curves({config.name: metrics}, os.path.join(workdir, "curve.png"), title=config.name)
     if verbose:
@@ -211,14 +211,6 @@ def train_and_evaluate(
 
 def _series(config: EchoConfig, epoch: int):
     return generate_series(config.series_length, epoch_rng(config.seed, epoch))
-
-
-def _save_stateless_model(model, config: EchoConfig, path: str) -> None:
-    # Serving wants any batch and any length, and no state shared between requests: the
-    # stateless build (a while loop, not unrolled) with the trained weights.
-    stateless = build_echo_model(config.cell, config.state_size)
-    stateless.set_weights(model.get_weights())
-    stateless.save(path)
 
 
 def plot_curves(runs: dict, path: str, *, title: str = "", styles: dict | None = None) -> None:
