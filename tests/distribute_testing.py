@@ -70,10 +70,10 @@ def train_echo_windows(mode: str, strategy: tf.distribute.Strategy, *, jit_compi
 
 
 def _worker(out_dir: str, mnist_flags: list[str]) -> None:
-    from tfrnn.tasks.mnist import model as mnist_model
+    from tfrnn.tasks.mnist import train as mnist_train
 
     task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
-    train_and_evaluate, used = mnist_model.train_and_evaluate, {}
+    train_and_evaluate, used = mnist_train.train_and_evaluate, {}
 
     def recording(config, workdir, **kwargs):
         result = train_and_evaluate(config, workdir, **kwargs)
@@ -81,7 +81,7 @@ def _worker(out_dir: str, mnist_flags: list[str]) -> None:
         np.savez(os.path.join(out_dir, f"mnist_{task}.npz"), *result.model.get_weights())
         return result
 
-    mnist_model.train_and_evaluate = recording
+    mnist_train.train_and_evaluate = recording
     sys.argv = ["mnist", "--strategy", "multi_worker", *mnist_flags]
     try:
         runpy.run_module("tfrnn.experiments.mnist", run_name="__main__")

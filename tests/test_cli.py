@@ -23,6 +23,13 @@ def test_usage_error_is_one_line_and_exit_2(capsys):
     assert capsys.readouterr().err == "error: --num_steps must be positive, got 0\n"
 
 
+def test_a_flag_absl_cannot_parse_is_one_line_and_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(lambda argv: None, argv=["prog", "--no_such_flag=1"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: Unknown command line flag 'no_such_flag'\n"
+
+
 def test_other_errors_are_not_hidden():
     def main(argv):
         raise RuntimeError("a bug, not a usage problem")

@@ -37,6 +37,7 @@ from tfrnn.data.echo import epoch_rng, epoch_windows, generate_series
 from tfrnn.engine import training
 from tfrnn.serving import export, tf_serving
 from tfrnn.tasks.echo import tbptt
+from tfrnn.tasks.mnist import config as mnist_config
 from tfrnn.tasks.mnist import model as mnist_model
 from tfrnn.tf1 import convert
 
@@ -156,7 +157,7 @@ def _fit_mnist(job, conversion, data, workdir):
     """tfrnn.engine.training.fit from ``conversion``'s weights over the TF1 run's batches."""
     steps = job["steps"]
     config = dataclasses.replace(
-        mnist_model.Config(**conversion.config()), batch_size=BATCH, train_steps=steps
+        mnist_config.Config(**conversion.config()), batch_size=BATCH, train_steps=steps
     )
     images, labels = data["train_inputs"], data["train_targets"]
 

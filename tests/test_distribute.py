@@ -25,9 +25,11 @@ from distribute_testing import train_echo_windows, write_tiny_mnist
 from tfrnn import cli
 from tfrnn.engine import distribute
 from tfrnn.errors import UsageError
+from tfrnn.tasks.echo import config as echo_config
 from tfrnn.tasks.echo import tbptt
 from tfrnn.tasks.echo import train as echo_train
-from tfrnn.tasks.mnist import model as mnist_model
+from tfrnn.tasks.mnist import config as mnist_config
+from tfrnn.tasks.mnist import train as mnist_train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # One training step an epoch (8 images, batch 8), so the per-epoch train loss is the loss of
@@ -47,14 +49,14 @@ def _mnist_config(data_dir, **overrides):
     settings = dict(
         data_dir=data_dir, cell="simple", units=8, batch_size=8, epochs=4, jit_compile=False
     )
-    return dataclasses.replace(mnist_model.Config(), **(settings | overrides))
+    return dataclasses.replace(mnist_config.Config(), **(settings | overrides))
 
 
 @pytest.fixture(scope="module")
 def one_device_mnist(mnist_dir, tmp_path_factory):
     """The MNIST run on one device, the reference of the distributed runs."""
     workdir = tmp_path_factory.mktemp("one_device")
-    result = mnist_model.train_and_evaluate(
+    result = mnist_train.train_and_evaluate(
         _mnist_config(mnist_dir), str(workdir), checkpoint_every=100, verbose=False
     )
     return result
@@ -74,7 +76,7 @@ def test_mnist_on_two_mirrored_replicas_matches_one_device(
     mirrored, one_device_mnist, mnist_dir, tmp_path
 ):
     # The distributed path compiles each replica's forward and backward pass with XLA.
-    result = mnist_model.train_and_evaluate(
+    result = mnist_train.train_and_evaluate(
         _mnist_config(mnist_dir, jit_compile=True),
         str(tmp_path),
         strategy=mirrored,
@@ -116,7 +118,7 @@ def test_echo_on_two_mirrored_replicas_carries_each_rows_state_like_one_device(
 
 def test_echo_experiment_on_two_mirrored_replicas_matches_one_device(mirrored, tmp_path):
     # 100 windows of 5 steps on 8 streams an epoch: each replica trains 4 streams.
-    config = echo_train.EchoConfig(
+    config = echo_config.EchoConfig(
         mode="stateful", cell="lstm", batch_size=8, series_length=4_000, epochs=2
     )
     one_device = echo_train.train_and_evaluate(config, str(tmp_path / "one"), verbose=0)
@@ -328,7 +330,7 @@ def test_mnist_command_refuses_a_bad_tf_config_in_one_line(mnist_dir, tmp_path):
 
 def test_a_batch_that_does_not_split_over_the_replicas_is_refused(mirrored, mnist_dir, tmp_path):
     with pytest.raises(UsageError, match="--batch_size 7 does not split evenly over 2"):
-        mnist_model.train_and_evaluate(
+        mnist_train.train_and_evaluate(
             _mnist_config(mnist_dir, batch_size=7), str(tmp_path), strategy=mirrored
         )
     assert not (tmp_path / "config.json").exists()

@@ -13,8 +13,8 @@ from tfrnn import cli
 from tfrnn.data.echo import expected_losses
 from tfrnn.errors import UsageError
 from tfrnn.tasks.echo import train as echo_train
+from tfrnn.tasks.echo.config import EchoConfig
 from tfrnn.tasks.echo.model import build_echo_model
-from tfrnn.tasks.echo.train import EchoConfig
 
 # 100 windows of 5 steps an epoch, on 200 streams: the smallest run the curve allows.
 SMALL = EchoConfig(series_length=100_000, epochs=2)
@@ -59,7 +59,8 @@ def test_a_one_point_curve_is_drawn_as_a_dot():
 
 def test_a_diverging_run_stops_with_a_one_line_error(tmp_path):
     config = dataclasses.replace(SMALL, learning_rate=1e38, epochs=1, jit_compile=False)
-    with pytest.raises(UsageError, match="the loss became nan"):
+    message = r"loss became nan at step 1 \(epoch 1, run of 100 windows 1\)"
+    with pytest.raises(UsageError, match=message):
         echo_train.train_and_evaluate(config, str(tmp_path), verbose=0)
     assert (tmp_path / "metrics.json").exists()
 

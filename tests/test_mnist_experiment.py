@@ -24,7 +24,8 @@ import tensorflow as tf
 from tfrnn import cli
 from tfrnn.data import mnist as mnist_data
 from tfrnn.errors import UsageError
-from tfrnn.tasks.mnist import model as mnist_model
+from tfrnn.tasks.mnist import config as mnist_config
+from tfrnn.tasks.mnist import train as mnist_train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # 96 training images in batches of 16: 6 steps an epoch, 18 in all, a checkpoint every 4.
@@ -48,14 +49,14 @@ def data_dir(tmp_path_factory):
 
 def _config(data_dir):
     return dataclasses.replace(
-        mnist_model.Config(), data_dir=data_dir, units=8, batch_size=16, epochs=3
+        mnist_config.Config(), data_dir=data_dir, units=8, batch_size=16, epochs=3
     )
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(data_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    mnist_model.train_and_evaluate(
+    mnist_train.train_and_evaluate(
         _config(data_dir), str(workdir), checkpoint_every=4, verbose=False
     )
     return workdir
@@ -72,13 +73,14 @@ def _metrics(workdir):
 def test_run_writes_metrics_model_and_export(uninterrupted, data_dir):
     metrics = _metrics(uninterrupted)
     fingerprint = mnist_data.load(data_dir=data_dir).fingerprint
-    assert metrics["config"] == dataclasses.asdict(_config(data_dir)) | {
+    assert metrics["config"] == {"task": "mnist"} | dataclasses.asdict(_config(data_dir)) | {
         "data_fingerprint": fingerprint
     }
     assert [r["epoch"] for r in metrics["epochs"]] == [1, 2, 3]
     assert metrics["epochs"][-1]["train_loss"] < metrics["epochs"][0]["train_loss"]
     for name in ("curves.png", "config.json", "final.json", "model.keras", "export"):
         assert (uninterrupted / name).exists(), name
+    assert json.loads((uninterrupted / "config.json").read_text())["task"] == "mnist"
     assert os.listdir(uninterrupted / "tensorboard")
 
     images = np.random.default_rng(1).uniform(size=(5, 28, 28)).astype("float32")
@@ -153,7 +155,7 @@ def test_a_moved_data_folder_resumes_and_other_data_is_refused(uninterrupted, da
     shutil.copytree(uninterrupted, workdir)
     shutil.copytree(data_dir, moved)
     config = dataclasses.replace(_config(data_dir), data_dir=str(moved))
-    result = mnist_model.train_and_evaluate(config, str(workdir), verbose=False)
+    result = mnist_train.train_and_evaluate(config, str(workdir), verbose=False)
     assert result.resumed_from_step == 18  # the finished run, nothing trained again
     assert json.loads((workdir / "config.json").read_text())["data_dir"] == str(moved)
 
@@ -163,7 +165,7 @@ def test_a_moved_data_folder_resumes_and_other_data_is_refused(uninterrupted, da
     images[0, 0, 0] ^= 1
     mnist_data.write_idx(path, images)
     with pytest.raises(UsageError) as error:
-        mnist_model.train_and_evaluate(config, str(workdir), verbose=False)
+        mnist_train.train_and_evaluate(config, str(workdir), verbose=False)
     assert re.fullmatch(
         f"{re.escape(str(workdir))} holds a run with another configuration "
         r"\(data_fingerprint\.train-images-idx3-ubyte\.sha256: '[0-9a-f]{64}' -> '[0-9a-f]{64}'\);"
@@ -178,7 +180,7 @@ def test_bad_data_is_one_line_error_and_exit_2(data_dir, tmp_path, capsys):
     config = dataclasses.replace(_config(data_dir), data_dir=str(missing))
 
     def main(argv):
-        mnist_model.train_and_evaluate(config, str(tmp_path / "run"), verbose=False)
+        mnist_train.train_and_evaluate(config, str(tmp_path / "run"), verbose=False)
 
     with pytest.raises(SystemExit) as exit_info:
         cli.run(main, argv=["mnist"])

@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import re
 
 import keras
 import numpy as np
@@ -10,6 +11,7 @@ import tensorflow as tf
 
 from tfrnn.errors import UsageError
 from tfrnn.layers.cells import CELL_KINDS
+from tfrnn.tasks.mnist import config as mnist_config
 from tfrnn.tasks.mnist import model as mnist_model
 
 
@@ -18,7 +20,7 @@ def _images(batch=3, seed=0):
 
 
 def _small(**overrides):
-    return dataclasses.replace(mnist_model.Config(), units=6, **overrides)
+    return dataclasses.replace(mnist_config.Config(), units=6, **overrides)
 
 
 @pytest.mark.parametrize("kind", CELL_KINDS)
@@ -35,7 +37,7 @@ def test_default_model_gives_the_numbers_of_keras_rnn_of_lstm_cell():
     # The default path (tfrnn.layers.cells.RNN, weights read before the time loop) must stay the
     # model a Keras user writes: keras.layers.RNN(LSTMCell) on the same weights gives the
     # same logits and gradients in the XLA training step.
-    model = mnist_model.build_model(mnist_model.Config())
+    model = mnist_model.build_model(mnist_config.Config())
     images = keras.Input((28, 28))
     rows = model.get_layer("standardize")(images)
     features = keras.layers.RNN(model.get_layer("rnn").cell)(rows)
@@ -89,7 +91,7 @@ def test_input_projection_and_unroll():
 
 
 def test_presets_are_the_tutorials_runs():
-    c1, c2, c3 = (mnist_model.PRESETS[name] for name in ("C1", "C2", "C3"))
+    c1, c2, c3 = (mnist_config.PRESETS[name] for name in ("C1", "C2", "C3"))
     spec = lambda c: (c.cell, c.units, c.batch_size, c.learning_rate, c.schedule)  # noqa: E731
     assert spec(c1) == ("lstm", 100, 100, 1e-4, "constant")
     assert spec(c2) == ("lstm", 128, 128, 1e-3, "constant")
@@ -120,7 +122,7 @@ def test_presets_are_the_tutorials_runs():
 
 
 def test_c1_classifier_is_truncated_normal_with_bias_0_1():
-    model = mnist_model.build_model(mnist_model.PRESETS["C1"])
+    model = mnist_model.build_model(mnist_config.PRESETS["C1"])
     kernel, bias = model.get_layer("logits").get_weights()
     assert kernel.shape == (100, 10)
     np.testing.assert_array_equal(bias, np.full(10, 0.1, np.float32))
@@ -134,7 +136,7 @@ def _is_standard_normal(values):
 
 
 def test_c2_classifier_weight_and_bias_are_random_normal_sigma_1():
-    model = mnist_model.build_model(mnist_model.PRESETS["C2"])
+    model = mnist_model.build_model(mnist_config.PRESETS["C2"])
     kernel, bias = model.get_layer("logits").get_weights()
     assert kernel.shape == (128, 10) and _is_standard_normal(kernel)
     assert bias.std() > 0.3  # drawn too (10 numbers: a loose check), not a constant
@@ -142,7 +144,7 @@ def test_c2_classifier_weight_and_bias_are_random_normal_sigma_1():
 
 
 def test_c3_projection_and_classifier_weights_random_normal_biases_0_1():
-    model = mnist_model.build_model(mnist_model.PRESETS["C3"])
+    model = mnist_model.build_model(mnist_config.PRESETS["C3"])
     projection, classifier = model.get_layer("input_projection"), model.get_layer("logits")
     assert projection.kernel.shape == (28, 128) and classifier.kernel.shape == (128, 10)
     for layer in (projection, classifier):
@@ -152,7 +154,7 @@ def test_c3_projection_and_classifier_weights_random_normal_biases_0_1():
 
 
 def test_tf1_recurrent_init_is_one_glorot_uniform_over_x_and_h():
-    model = mnist_model.build_model(mnist_model.PRESETS["C1"])
+    model = mnist_model.build_model(mnist_config.PRESETS["C1"])
     cell = model.get_layer("rnn").cell
     limit = math.sqrt(6 / (28 + 100 + 4 * 100))
     for matrix in (cell.kernel.numpy(), cell.recurrent_kernel.numpy()):
@@ -165,47 +167,49 @@ def test_tf1_recurrent_init_is_one_glorot_uniform_over_x_and_h():
 
 
 def test_config_for_preset_and_overrides():
-    config = mnist_model.config_for("c2", units=64, learning_rate=None)
+    config = mnist_config.config_for("c2", units=64, learning_rate=None)
     assert (config.units, config.learning_rate, config.train_steps) == (64, 1e-3, 800)
-    assert mnist_model.config_for(None) == mnist_model.Config()
+    assert mnist_config.config_for(None) == mnist_config.Config()
     with pytest.raises(UsageError, match="--preset must be one of C1, C2, C3"):
-        mnist_model.config_for("C9")
+        mnist_config.config_for("C9")
 
 
 def test_an_explicit_epochs_replaces_a_presets_train_steps():
-    config = mnist_model.config_for("C2", epochs=1, train_steps=None)
+    config = mnist_config.config_for("C2", epochs=1, train_steps=None)
     assert (config.epochs, config.train_steps) == (1, 0)
-    assert mnist_model.config_for("C2", epochs=2, train_steps=0).train_steps == 0
-    assert mnist_model.config_for("C3", train_steps=5).train_steps == 5
+    assert mnist_config.config_for("C2", epochs=2, train_steps=0).train_steps == 0
+    assert mnist_config.config_for("C3", train_steps=5).train_steps == 5
     with pytest.raises(UsageError, match="--epochs 2 and --train_steps 5 both set the run's"):
-        mnist_model.config_for(None, epochs=2, train_steps=5)
+        mnist_config.config_for(None, epochs=2, train_steps=5)
 
 
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"units": 0}, "--units must be positive, got 0"),
-        ({"batch_size": -1}, "--batch_size must be positive"),
+        ({"units": 0}, "--units must be in [1, 4096], got 0"),
+        ({"batch_size": -1}, "--batch_size must be in [1, 65536], got -1"),
+        ({"units": 5000}, "--units must be in [1, 4096], got 5000"),
+        ({"seed": 2**32}, "--seed must be in [0, 2147483647], got 4294967296"),
         ({"learning_rate": float("nan")}, "--learning_rate must be a positive number"),
         ({"cell": "gru"}, "--cell must be one of simple, lstm, concat"),
         ({"schedule": "step"}, "--schedule must be one of constant, cosine"),
-        ({"train_steps": -5}, "--train_steps must be >= 0"),
+        ({"train_steps": -5}, "--train_steps must be in [0, 100000000], got -5"),
         ({"adam_epsilon": 0.0}, "--adam_epsilon must be a positive number, got 0.0"),
         ({"projection_init": "zeros"}, "--projection_init must be one of keras, random_normal"),
         ({"classifier_init": "ones"}, "--classifier_init must be one of keras, truncated_normal"),
     ],
 )
 def test_validate_rejects_bad_values(overrides, message):
-    with pytest.raises(UsageError, match=message):
-        mnist_model.validate(dataclasses.replace(mnist_model.Config(), **overrides))
+    with pytest.raises(UsageError, match=re.escape(message)):
+        mnist_config.validate(dataclasses.replace(mnist_config.Config(), **overrides))
 
 
 def test_cosine_schedule_decays_to_zero_over_the_run():
-    optimizer = mnist_model.make_optimizer(mnist_model.Config(), total_steps=100)
+    optimizer = mnist_model.make_optimizer(mnist_config.Config(), total_steps=100)
     for step, expected in ((0, 2e-3), (50, 1e-3), (100, 0.0)):
         optimizer.iterations.assign(step)
         assert float(optimizer.learning_rate) == pytest.approx(expected, abs=1e-9)
-    constant = mnist_model.make_optimizer(mnist_model.PRESETS["C2"], total_steps=100)
+    constant = mnist_model.make_optimizer(mnist_config.PRESETS["C2"], total_steps=100)
     constant.iterations.assign(99)
     assert float(constant.learning_rate) == pytest.approx(1e-3)
     assert constant.epsilon == 1e-8 and optimizer.epsilon == 1e-7

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrnn.engine import training
+from tfrnn.engine import loop, reporting, training
 from tfrnn.errors import UsageError
 from tfrnn.layers.cells import make_rnn
 
@@ -200,7 +200,7 @@ def test_tensorboard_reads_the_summaries_as_scalars(reference):
 def test_curves_of_a_one_epoch_run_are_lines_with_plain_tick_labels(tmp_path):
     _fit(make_task(epochs=1), tmp_path)
     with open(tmp_path / "metrics.json") as handle:
-        figure = training.curves_figure(json.load(handle), "one epoch")
+        figure = reporting.curves_figure(json.load(handle), "one epoch")
     figure.canvas.draw()
     for axis in figure.axes:
         train_line, test_line = axis.get_lines()
@@ -228,7 +228,7 @@ def test_nan_loss_stops_with_one_line_error_and_keeps_last_good_checkpoint(tmp_p
         poisoned = batches.skip(1).take(1).map(lambda x, y: (x * np.nan, y))
         return batches.take(1).concatenate(poisoned).concatenate(batches.skip(2))
 
-    with pytest.raises(training.TrainingDiverged) as error:
+    with pytest.raises(loop.TrainingDiverged) as error:
         _fit(make_task(corrupt=nan_in_step_6), tmp_path)
     message = str(error.value)
     assert "\n" not in message

@@ -39,17 +39,31 @@ def quiet_tensorflow() -> None:
 
 
 def run(main, argv=None) -> None:
-    """Runs an absl ``main`` and turns a :class:`UsageError` into ``error: …`` and exit 2."""
+    """Runs an absl ``main``; a :class:`UsageError`, or a flag absl cannot parse, becomes
+    ``error: …`` on one line and exit 2."""
     from absl import app
 
     def guarded(args):
         try:
             return main(args)
         except UsageError as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
+            _exit_with(error)
 
-    app.run(guarded, argv=argv)
+    app.run(guarded, argv=argv, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv):
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:  # absl's own report is two lines and exit 1
+        _exit_with(error)
+
+
+def _exit_with(error: Exception):
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
 
 
 def launch(module_name: str, argv=None) -> None:

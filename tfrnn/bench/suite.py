@@ -50,7 +50,9 @@ from tfrnn.data import mnist as mnist_data
 from tfrnn.engine import training
 from tfrnn.errors import UsageError
 from tfrnn.serving.tf_serving import DEFAULT_SIGNATURE
+from tfrnn.tasks.echo import config as echo_config
 from tfrnn.tasks.echo import train as echo_train
+from tfrnn.tasks.mnist import config as mnist_settings
 from tfrnn.tasks.mnist import model as mnist_model
 from tfrnn.tasks.mnist import serving as mnist_serving
 
@@ -117,7 +119,7 @@ def make_record(workload, metric, tfrnn_runs, torch_runs=None, load=None, **extr
     }
 
 
-def _keras_lstm_model(config: mnist_model.Config) -> keras.Model:
+def _keras_lstm_model(config: mnist_settings.Config) -> keras.Model:
     # What a Keras user writes: the default model with keras.layers.LSTM as its recurrent layer.
     size = mnist_data.IMAGE_SIZE
     images = keras.Input(shape=(size, size), dtype="float32", name="images")
@@ -129,9 +131,9 @@ def _keras_lstm_model(config: mnist_model.Config) -> keras.Model:
     return keras.Model(images, logits, name="mnist_rows_keras_lstm")
 
 
-def mnist_config(options: Options, path: str) -> mnist_model.Config:
+def mnist_config(options: Options, path: str) -> mnist_settings.Config:
     """The benchmark's MNIST model: the default one at Adam 1e-3 (constant), batch, units."""
-    return mnist_model.config_for(
+    return mnist_settings.config_for(
         units=options.units,
         batch_size=options.batch_size,
         learning_rate=1e-3,
@@ -178,7 +180,7 @@ def mnist_train_images_per_second(options: Options, path: str) -> float:
 
 def echo_epoch_seconds(options: Options, num_steps: int, state_size: int, mode: str):
     """(seconds of a steady epoch, first epoch's extra seconds: tracing + XLA compile)."""
-    config = echo_train.EchoConfig(
+    config = echo_config.EchoConfig(
         num_steps=num_steps,
         state_size=state_size,
         mode=mode,
@@ -441,8 +443,8 @@ def main(argv):
     )
     if "echo" in options.workloads:
         for num_steps, state_size in options.echo_configs:
-            echo_train.check_config(
-                echo_train.EchoConfig(
+            echo_config.check_config(
+                echo_config.EchoConfig(
                     num_steps=num_steps, state_size=state_size, series_length=FLAGS.series_length
                 )
             )

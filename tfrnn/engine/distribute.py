@@ -21,8 +21,9 @@ What a strategy compiles. A cross-replica all-reduce (the gradient sum inside
 ``multi_worker`` each replica's forward and backward pass is one XLA program and the update
 runs outside it. Under ``default`` there is nothing to all-reduce: the echo loop
 (:func:`tfrnn.tasks.echo.tbptt.make_window_runner`) then compiles its whole run of windows, updates
-included (see :func:`is_default`); MNIST's loop (:func:`tfrnn.engine.training.fit`) compiles the
-forward and backward pass under every strategy.
+included (see :func:`is_default`); MNIST's step
+(:class:`tfrnn.engine.training.ClassifierSteps`) compiles the forward and backward pass under
+every strategy.
 
 Rows to replicas. With R replicas in sync, a global batch of B rows (the ``--batch_size`` the
 user sets) gives each replica B / R rows, and B must divide evenly
@@ -258,3 +259,13 @@ def gather_rows(strategy: tf.distribute.Strategy, value, axis: int = 0) -> tf.Te
     if is_default(strategy):
         return tf.convert_to_tensor(value)
     return strategy.gather(value, axis=axis)
+
+
+def global_mean_loss(per_example: tf.Tensor, global_batch_size: int) -> tf.Tensor:
+    """A replica's share of the mean loss over the GLOBAL batch: sum(per_example) / global.
+
+    ``per_example`` (rows,): the losses of this replica's (or row shard's) examples. The
+    shares of every replica (and shard) add up to the mean over the global batch, so the
+    gradients the optimiser sums across replicas are those of that mean, as on one device.
+    """
+    return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)

@@ -68,6 +68,7 @@ from absl import flags
 from tfrnn.errors import UsageError
 from tfrnn.tasks.echo.model import NUM_CLASSES as ECHO_CLASSES
 from tfrnn.tasks.echo.model import build_echo_model
+from tfrnn.tasks.mnist import config as mnist_config
 from tfrnn.tasks.mnist import model as mnist_model
 
 TUTORIALS = ("A", "C1", "C2", "C3")
@@ -138,7 +139,7 @@ class Conversion:
         """The run configuration the workdir records (C1–C3: the preset with these sizes)."""
         if self.tutorial == "A":
             return {"tutorial": "A", "cell": self.cell, "state_size": self.units}
-        preset = mnist_model.PRESETS[self.tutorial]
+        preset = mnist_config.PRESETS[self.tutorial]
         config = dataclasses.replace(preset, units=self.units, input_projection=self.projection)
         return dataclasses.asdict(config)
 
@@ -400,7 +401,7 @@ def build_model(conversion: Conversion) -> keras.Model:
         _assign(cell.bias, weights[bias_name])
         classifier = ("softmax/W", "softmax/b")
     else:
-        model = mnist_model.build_model(mnist_model.Config(**conversion.config()))
+        model = mnist_model.build_model(mnist_config.Config(**conversion.config()))
         input_dim = IMAGE_SIZE
         if conversion.tutorial == "C3":
             projection = model.get_layer("input_projection")

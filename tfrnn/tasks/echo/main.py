@@ -20,8 +20,9 @@ from absl import flags
 
 from tfrnn.engine import distribute
 from tfrnn.errors import UsageError
+from tfrnn.tasks.echo import config as echo_config
 from tfrnn.tasks.echo import train as echo_train
-from tfrnn.tasks.echo.train import BOUNDS, EchoConfig
+from tfrnn.tasks.echo.config import BOUNDS, EchoConfig
 
 SUITES = ("none", "canonical", "styles")
 ROOT = os.path.join("runs", "echo_deps")
@@ -72,6 +73,12 @@ def define_flags() -> None:
         "Output directory. Default: runs/echo_deps/<config> for one run, runs/echo_deps/<suite>"
         " for a suite (its runs in <config> folders, its table and plots beside them).",
     )
+    flags.DEFINE_integer(
+        "checkpoint_every",
+        echo_train.CHECKPOINT_EVERY,
+        "Checkpoint every this many windows (a multiple of 100) and at each epoch's end; the"
+        " same command resumes from the last checkpoint in --workdir.",
+    )
     flags.DEFINE_string(
         "suite",
         "none",
@@ -106,7 +113,7 @@ def main(argv):
             if FLAGS[name].present:
                 raise UsageError(f"--{name} is set by --suite {FLAGS.suite}; leave it out")
     if FLAGS.epochs is not None:
-        config = echo_train.check_config(config)  # --epochs 0 is an error, not "default"
+        config = echo_config.check_config(config)  # --epochs 0 is an error, not "default"
     # Before anything starts TensorFlow's devices: --cpu_replicas splits the CPU.
     strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.cpu_replicas)
     workdir = FLAGS.workdir or os.path.join(
@@ -125,5 +132,8 @@ def main(argv):
             )
         else:
             echo_train.train_and_evaluate(
-                echo_train.check_config(config), workdir, strategy=strategy
+                echo_config.check_config(config),
+                workdir,
+                strategy=strategy,
+                checkpoint_every=FLAGS.checkpoint_every,
             )

@@ -58,6 +58,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfrnn.engine import distribute
@@ -232,6 +233,59 @@ def carried_state(
     gathered = [distribute.gather_rows(strategy, state) for state in carry]
     # In true mode, the newest of the last num_steps states is the current one.
     return [state[:, -1] if mode == "true" else state for state in gathered]
+
+
+def carry_arrays(
+    mode: str, model: keras.Model, carry, strategy: tf.distribute.Strategy | None = None
+) -> list[tf.Tensor]:
+    """Everything ``mode`` carries into the next window, rows of every replica in stream
+    order (what a checkpoint holds; :func:`carry_from_arrays` is the inverse).
+
+    ``stateful`` and ``explicit``: one (batch, size) tensor per state tensor of the cell.
+    ``true``: symbols (batch, num_steps - 1) int32, real (num_steps - 1,) bool, then one
+    (batch, num_steps, size) tensor per state tensor.
+    """
+    _check_mode(mode)
+    strategy = strategy or tf.distribute.get_strategy()
+    if mode != "true":
+        return carried_state(mode, model, carry, strategy)
+    # Every replica holds the same flags: one copy is all of them.
+    real = strategy.experimental_local_results(carry.real)[0]
+    symbols = distribute.gather_rows(strategy, carry.symbols)
+    return [symbols, real, *(distribute.gather_rows(strategy, state) for state in carry.states)]
+
+
+def carry_from_arrays(
+    mode: str, model: keras.Model, arrays, strategy: tf.distribute.Strategy | None = None
+):
+    """The carry :func:`carry_arrays` gave ``arrays`` for, each replica given its own rows;
+    in ``stateful`` mode the layer's state is set and the carry is empty."""
+    _check_mode(mode)
+    strategy = strategy or tf.distribute.get_strategy()
+    arrays = [np.asarray(array) for array in arrays]
+    rows = distribute.per_replica_batch_size(strategy, arrays[0].shape[0])
+
+    def replica_carry(context):
+        first = context.replica_id_in_sync_group * rows
+
+        def own(array):
+            return tf.constant(array[first : first + rows])
+
+        if mode == "true":
+            symbols, real, *states = arrays
+            return TrueCarry(own(symbols), tf.constant(real), tuple(map(own, states)))
+        return tuple(map(own, arrays))
+
+    carry = strategy.experimental_distribute_values_from_function(replica_carry)
+    if mode != "stateful":
+        return carry
+    states = model.get_layer("rnn").states
+    # Assigned inside each replica: the layer's state variable holds that replica's rows.
+    strategy.run(
+        lambda values: [state.assign(value) for state, value in zip(states, values, strict=True)],
+        args=(carry,),
+    )
+    return ()
 
 
 def _state_widths(model) -> list[int]:

@@ -13,105 +13,35 @@ a combined plot.
 Every function takes an optional ``tf.distribute`` strategy and runs the same loop under it:
 the batch of streams is split over the replicas as :mod:`tfrnn.tasks.echo.tbptt` describes (stream i
 on replica i // (batch / replicas), for the whole epoch), and only the chief of a
-multi-worker cluster writes files. There are no checkpoints: a run restarts from scratch.
+multi-worker cluster writes files. A run is trained by the engine's
+:class:`tfrnn.engine.loop.Controller` over :class:`tfrnn.tasks.echo.steps.EchoSteps`: it
+checkpoints in ``workdir/checkpoints`` (every :data:`CHECKPOINT_EVERY` windows and each
+epoch's end), and the same call after an interruption resumes there and ends as a run never
+stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import statistics
-import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tfrnn.data.echo import (
-    ECHO_RULE,
-    epoch_rng,
-    epoch_windows,
-    expected_loss,
-    expected_losses,
-    generate_series,
-)
+from tfrnn.data.echo import expected_losses
 from tfrnn.engine import distribute
-from tfrnn.engine.training import write_json_atomically
+from tfrnn.engine.checkpoints import check_same_config, check_workers_agree
+from tfrnn.engine.loop import Controller, Schedule
+from tfrnn.engine.reporting import save_figure, write_json_atomically
 from tfrnn.errors import UsageError
-from tfrnn.layers.cells import CELL_KINDS
-from tfrnn.tasks.echo import tbptt
+from tfrnn.tasks.echo.config import REPORT_EVERY, EchoConfig, check_config
 from tfrnn.tasks.echo.model import stateless_copy
+from tfrnn.tasks.echo.steps import EchoSteps
 
-# The tutorial reports the mean loss of every 100 batches; final_loss is the last such mean.
-REPORT_EVERY = 100
-
-
-@dataclasses.dataclass(frozen=True)
-class EchoConfig:
-    """One run. Defaults are the tutorial's."""
-
-    cell: str = "concat"
-    state_size: int = 4
-    num_steps: int = 5
-    mode: str = "stateful"
-    epochs: int = 1
-    seed: int = 0
-    series_length: int = 1_000_000
-    batch_size: int = 200
-    learning_rate: float = 0.1
-    jit_compile: bool = True
-
-    @property
-    def name(self) -> str:
-        """Directory name of the run: ``concat_steps5_state4_stateful``."""
-        return f"{self.cell}_steps{self.num_steps}_state{self.state_size}_{self.mode}"
-
-    @property
-    def expected_loss(self) -> float:
-        """The tutorial's expected loss for this window: every lag shorter than num_steps.
-
-        A window of num_steps inputs lets an error reach x_{t-lag} only if
-        lag < num_steps (TF-style: the window's last outputs; true TBPTT: every output), so
-        the tutorial expects those dependencies to be learned and no others. It is not a
-        floor: the state carried forward across windows can hold older inputs, and the
-        read-out learns to use them without any gradient through time (a wide state does).
-        """
-        lags = tuple(lag for lag, _ in ECHO_RULE.terms if lag < self.num_steps)
-        return expected_loss(lags)
-
-
-# Valid range of every integer setting: (lowest, highest). The flags' help quotes these.
-BOUNDS = {
-    "state_size": (1, 1024),
-    "num_steps": (1, 200),
-    "epochs": (1, 1000),
-    "seed": (0, 2**31 - 1),
-    "series_length": (1_000, 100_000_000),
-    "batch_size": (1, 10_000),
-}
-
-
-def check_config(config: EchoConfig) -> EchoConfig:
-    """Raises :class:`UsageError` (one line) for a setting out of range; returns config."""
-    for field, (low, high) in BOUNDS.items():
-        value = getattr(config, field)
-        if not low <= value <= high:
-            raise UsageError(f"--{field} must be in [{low}, {high}], got {value}")
-    if config.cell not in CELL_KINDS:
-        raise UsageError(f"--cell must be one of {', '.join(CELL_KINDS)}, got {config.cell!r}")
-    if config.mode not in tbptt.MODES:
-        raise UsageError(f"--mode must be one of {', '.join(tbptt.MODES)}, got {config.mode!r}")
-    windows = config.series_length // config.batch_size // config.num_steps
-    if windows < REPORT_EVERY:
-        raise UsageError(
-            f"--series_length {config.series_length} gives {windows} windows an epoch with"
-            f" --num_steps {config.num_steps} and batch {config.batch_size}; at least"
-            f" {REPORT_EVERY} are needed (the loss is reported every {REPORT_EVERY})"
-        )
-    if not (config.learning_rate > 0 and math.isfinite(config.learning_rate)):
-        raise UsageError(f"learning rate must be positive, got {config.learning_rate}")
-    return config
+# Checkpoint every this many windows (and at each epoch's end): a multiple of REPORT_EVERY.
+CHECKPOINT_EVERY = 1000
 
 
 def train_and_evaluate(
@@ -120,85 +50,79 @@ def train_and_evaluate(
     *,
     verbose: int = 1,
     strategy: tf.distribute.Strategy | None = None,
+    checkpoint_every: int = CHECKPOINT_EVERY,
 ) -> dict:
-    """Trains one configuration and writes its results to ``workdir``.
+    """Trains one configuration, resuming from ``workdir``'s last checkpoint, and writes its
+    results there.
 
-    Returns the metrics also written to ``workdir/metrics.json``: ``config``; ``curve``
-    (mean loss of each run of 100 windows, in order, across epochs); ``final_loss`` (mean
-    of the last 100 windows); ``last_epoch_loss`` (mean of the last epoch's curve, less
-    noisy); ``expected_loss`` (see :attr:`EchoConfig.expected_loss`)
-    and ``expected_losses`` (the three reference levels); ``epoch_seconds`` (wall time of
-    each epoch's training, the first including compilation); ``seconds_per_epoch`` (median
-    of the epochs after the first, or the first if there is only one).
-
-    Under ``strategy`` the batch must split evenly over its replicas; on a worker other than
-    the chief nothing is written.
+    Returns the metrics also written to ``workdir/metrics.json`` (:func:`run_metrics`).
+    ``checkpoint_every``: windows between checkpoints inside an epoch, a multiple of
+    :data:`tfrnn.tasks.echo.config.REPORT_EVERY`. Under ``strategy`` the batch must split
+    evenly over its replicas; on a worker other than the chief nothing is written.
     """
     check_config(config)
-    strategy = strategy or tf.distribute.get_strategy()
-    replica_batch_size = distribute.per_replica_batch_size(strategy, config.batch_size)
-    chief = distribute.is_chief(strategy)
-    if chief:
-        os.makedirs(workdir, exist_ok=True)
-    keras.utils.set_random_seed(config.seed)
-    with strategy.scope():
-        # A stateful layer holds the state of its replica's rows: its batch is the replica's.
-        model = tbptt.build_training_model(
-            config.mode, config.cell, config.state_size, replica_batch_size
+    if checkpoint_every <= 0 or checkpoint_every % REPORT_EVERY:
+        raise UsageError(
+            f"--checkpoint_every must be a positive multiple of {REPORT_EVERY} windows,"
+            f" got {checkpoint_every}"
         )
-        optimizer = keras.optimizers.Adagrad(config.learning_rate)
-    run_windows = tbptt.make_window_runner(
-        config.mode, model, optimizer, strategy=strategy, jit_compile=config.jit_compile
+    strategy = strategy or tf.distribute.get_strategy()
+    distribute.per_replica_batch_size(strategy, config.batch_size)
+    chief = distribute.is_chief(strategy)
+    os.makedirs(workdir, exist_ok=True)
+    check_same_config(workdir, {"task": "echo", **dataclasses.asdict(config)}, write=chief)
+    keras.utils.set_random_seed(config.seed)
+    steps = EchoSteps(config, strategy)
+    runs = config.reports_per_epoch
+    schedule = Schedule(runs, config.epochs * runs, checkpoint_every // REPORT_EVERY, 1)
+    controller = Controller(
+        steps,
+        schedule,
+        workdir,
+        chief=chief,
+        verbose=bool(verbose),
+        on_records=lambda records: controller.log.write_json(
+            "metrics.json", run_metrics(config, records)
+        ),
     )
+    controller.restore()
+    check_workers_agree(strategy, controller.global_step)
+    controller.train()
+    metrics = run_metrics(config, controller.log.records)
+    if chief:
+        _write_results(steps.model, config, metrics, workdir, verbose)
+    return metrics
+
+
+def run_metrics(config: EchoConfig, records: dict) -> dict:
+    """metrics.json of a run from its records (:class:`tfrnn.engine.reporting.RunLog`).
+
+    ``config``; ``curve`` (mean loss of each run of 100 windows, in order, across epochs);
+    ``final_loss`` (mean of the last 100 windows); ``expected_loss`` (see
+    :attr:`EchoConfig.expected_loss`) and ``expected_losses`` (the three reference levels);
+    ``epoch_seconds`` (wall time of each epoch's training, the first including compilation);
+    once an epoch is done, ``last_epoch_loss`` (mean of the last epoch's curve, less noisy)
+    and ``seconds_per_epoch`` (median of the epochs after the first, or the first if there
+    is only one).
+    """
+    curve = [point["train_loss"] for point in records["steps"]]
+    seconds = [record["seconds"] for record in records["epochs"]]
     metrics = {
         "config": dataclasses.asdict(config),
-        "curve": [],
-        "final_loss": None,
+        "curve": curve,
+        "final_loss": curve[-1] if curve else None,
         "expected_loss": config.expected_loss,
         "expected_losses": expected_losses(),
-        "epoch_seconds": [],
+        "epoch_seconds": seconds,
     }
-    for epoch in range(config.epochs):
-        inputs, targets = epoch_windows(
-            *_series(config, epoch), config.batch_size, config.num_steps
-        )
-        num_reports = len(inputs) // REPORT_EVERY
-        progress = keras.utils.Progbar(
-            num_reports * REPORT_EVERY, verbose=verbose, stateful_metrics=["loss"]
-        )
-        if verbose:
-            print(f"epoch {epoch + 1}/{config.epochs}")
-        carry = tbptt.start_epoch(config.mode, model, config.batch_size, config.num_steps, strategy)
-        start = time.perf_counter()
-        # Windows past the last full 100 are dropped, so every point of the curve is a
-        # mean over exactly 100 windows, as in the tutorial.
-        for report in range(num_reports):
-            window_slice = slice(report * REPORT_EVERY, (report + 1) * REPORT_EVERY)
-            # Runs of 100 windows, each replica given its own rows (all of them on one device).
-            losses, carry = run_windows(
-                distribute.distribute_rows(strategy, inputs[window_slice], axis=1),
-                distribute.distribute_rows(strategy, targets[window_slice], axis=1),
-                carry,
-            )
-            mean_loss = float(tf.reduce_mean(losses))
-            if not math.isfinite(mean_loss):
-                if chief:
-                    write_json_atomically(os.path.join(workdir, "metrics.json"), metrics)
-                raise UsageError(
-                    f"the loss became {mean_loss} in epoch {epoch + 1}, windows"
-                    f" {window_slice.start}-{window_slice.stop}; try a smaller learning rate"
-                )
-            metrics["curve"].append(mean_loss)
-            progress.update((report + 1) * REPORT_EVERY, values=[("loss", mean_loss)])
-        metrics["epoch_seconds"].append(time.perf_counter() - start)
-    metrics["final_loss"] = metrics["curve"][-1]
-    metrics["last_epoch_loss"] = float(np.mean(metrics["curve"][-num_reports:]))
-    seconds = metrics["epoch_seconds"]
-    metrics["seconds_per_epoch"] = statistics.median(seconds[1:] or seconds)
-    if not chief:
-        return metrics
+    if seconds:
+        metrics["last_epoch_loss"] = float(np.mean(curve[-config.reports_per_epoch :]))
+        metrics["seconds_per_epoch"] = statistics.median(seconds[1:] or seconds)
+    return metrics
+
+
+def _write_results(model, config: EchoConfig, metrics: dict, workdir: str, verbose) -> None:
     stateless_copy(model).save(os.path.join(workdir, "model.keras"))
-    write_json_atomically(os.path.join(workdir, "metrics.json"), metrics)
     plot_curves({config.name: metrics}, os.path.join(workdir, "curve.png"), title=config.name)
     if verbose:
         print(
@@ -206,20 +130,11 @@ def train_and_evaluate(
             f" (expected {metrics['expected_loss']:.4f}),"
             f" {metrics['seconds_per_epoch']:.2f} s an epoch"
         )
-    return metrics
-
-
-def _series(config: EchoConfig, epoch: int):
-    return generate_series(config.series_length, epoch_rng(config.seed, epoch))
 
 
 def plot_curves(runs: dict, path: str, *, title: str = "", styles: dict | None = None) -> None:
     """Writes :func:`curves_figure` of ``runs`` to the PNG ``path``."""
-    from matplotlib import pyplot
-
-    figure = curves_figure(runs, title=title, styles=styles)
-    figure.savefig(path)
-    pyplot.close(figure)
+    save_figure(curves_figure(runs, title=title, styles=styles), path)
 
 
 def curves_figure(runs: dict, *, title: str = "", styles: dict | None = None):
@@ -245,7 +160,7 @@ def curves_figure(runs: dict, *, title: str = "", styles: dict | None = None):
     figure, axes = pyplot.subplots(figsize=(7, 4), dpi=100)
     for label, metrics in runs.items():
         config = metrics["config"]
-        windows_per_epoch = config["series_length"] // config["batch_size"] // config["num_steps"]
+        windows_per_epoch = EchoConfig(**config).windows_per_epoch
         # In epochs, so that runs with different window lengths line up.
         epochs = np.arange(1, len(metrics["curve"]) + 1) * REPORT_EVERY / windows_per_epoch
         style = {"marker": "o"} if len(epochs) == 1 else {}

@@ -1,6 +1,6 @@
 """MNIST row by row with an LSTM: ``python -m tfrnn.experiments.mnist --epochs 11``.
 
-Every field of :class:`tfrnn.tasks.mnist.model.Config` is a flag; ``--preset C1|C2|C3`` starts from
+Every field of :class:`tfrnn.tasks.mnist.config.Config` is a flag; ``--preset C1|C2|C3`` starts from
 a tutorial's configuration instead of the default one, and any other flag overrides it (an
 explicit ``--epochs`` replaces the step count of C2 and C3).
 Re-running the same command after an interruption resumes from the last checkpoint in
@@ -22,7 +22,8 @@ from absl import flags, logging
 
 from tfrnn.engine import distribute
 from tfrnn.errors import UsageError
-from tfrnn.tasks.mnist import model as mnist_model
+from tfrnn.tasks.mnist import config as mnist_config
+from tfrnn.tasks.mnist import train as mnist_train
 
 FLAGS = flags.FLAGS
 
@@ -30,7 +31,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """The command's flags: the run's, the strategy's, and one per Config field."""
     flags.DEFINE_string(
-        "preset", None, f"start from a tutorial's run: {', '.join(mnist_model.PRESETS)}"
+        "preset", None, f"start from a tutorial's run: {', '.join(mnist_config.PRESETS)}"
     )
     flags.DEFINE_string(
         "workdir", "runs/mnist", "checkpoints, metrics, plots and the exported model"
@@ -45,8 +46,8 @@ def define_flags() -> None:
 
 def _define_config_flags():
     # One flag per Config field, default None: "not given" keeps the preset's value.
-    hints = typing.get_type_hints(mnist_model.Config)
-    for field in dataclasses.fields(mnist_model.Config):
+    hints = typing.get_type_hints(mnist_config.Config)
+    for field in dataclasses.fields(mnist_config.Config):
         kind = hints[field.name]
         help_text = f"{field.metadata['help']} (default {field.default!r})"
         if kind is bool:
@@ -59,12 +60,12 @@ def _define_config_flags():
             flags.DEFINE_string(field.name, None, help_text)
 
 
-def config_from_flags() -> mnist_model.Config:
+def config_from_flags() -> mnist_config.Config:
     """The run's configuration: ``--preset``'s (or the default one) and the flags given."""
     overrides = {
-        field.name: FLAGS[field.name].value for field in dataclasses.fields(mnist_model.Config)
+        field.name: FLAGS[field.name].value for field in dataclasses.fields(mnist_config.Config)
     }
-    return mnist_model.config_for(FLAGS.preset, **overrides)
+    return mnist_config.config_for(FLAGS.preset, **overrides)
 
 
 def main(argv):
@@ -78,7 +79,7 @@ def main(argv):
     config = config_from_flags()
     title = f"MNIST rows, preset {FLAGS.preset.upper()}" if FLAGS.preset else "MNIST rows"
     with distribute.lost_workers_as_usage_errors():
-        mnist_model.train_and_evaluate(
+        mnist_train.train_and_evaluate(
             config,
             FLAGS.workdir,
             strategy=strategy,

@@ -1,0 +1,129 @@
+"""Checkpoint bookkeeping: what a run saves, where each worker saves it, and the config guard.
+
+:class:`Checkpoints` saves a dict of trackables (weights, optimiser, the loop's counters and
+records, a task's own state) with a ``tf.train.CheckpointManager`` that keeps the last three.
+Saving is a collective step under ``MultiWorkerMirroredStrategy``, so every worker saves;
+only the chief writes to ``workdir/checkpoints``, the others to a temporary folder removed by
+:meth:`Checkpoints.close`. Every worker restores from the chief's folder, so on several
+machines the workdir must be one they all see.
+
+:func:`check_same_config` keeps a workdir to one configuration: a resume with another one is
+refused, and ``config.json`` records the run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+from tfrnn.engine import distribute
+from tfrnn.engine.reporting import write_json_atomically
+from tfrnn.errors import UsageError
+
+
+class Checkpoints:
+    """Saves and restores ``items`` (name -> trackable) under ``workdir/checkpoints``."""
+
+    def __init__(self, workdir: str, items: dict, *, chief: bool, max_to_keep: int = 3):
+        self.directory = os.path.join(workdir, "checkpoints")
+        self.checkpoint = tf.train.Checkpoint(**items)
+        self.write_dir = (
+            self.directory if chief else tempfile.mkdtemp(prefix="tfrnn_worker_checkpoints_")
+        )
+        self._temporary = not chief
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, self.write_dir, max_to_keep=max_to_keep
+        )
+
+    def latest(self) -> str | None:
+        """The chief's newest checkpoint, or None."""
+        return tf.train.latest_checkpoint(self.directory)
+
+    def describe_latest(self) -> str:
+        """The newest checkpoint for a message: its path, or that there is none."""
+        return self.latest() or "none yet, the run starts afresh"
+
+    def restore(self) -> str | None:
+        """Restores the newest checkpoint, if any; returns its path. Every item must match."""
+        latest = self.latest()
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        return latest
+
+    def save(self, number: int) -> None:
+        self.manager.save(checkpoint_number=number)
+
+    def close(self) -> None:
+        """Removes a non-chief worker's temporary folder."""
+        if self._temporary:
+            shutil.rmtree(self.write_dir, ignore_errors=True)
+
+
+def all_finite(variables) -> bool:
+    """True when every floating-point variable holds finite numbers only."""
+    return all(
+        bool(tf.reduce_all(tf.math.is_finite(v)))
+        for v in variables
+        if tf.as_dtype(v.dtype).is_floating
+    )
+
+
+def check_workers_agree(strategy: tf.distribute.Strategy, global_step: tf.Variable) -> None:
+    """Every worker must resume from the same step, or the collectives would never match."""
+    if distribute.is_default(strategy):
+        return
+    steps = distribute.gather_rows(
+        strategy,
+        strategy.experimental_distribute_values_from_function(
+            lambda _: tf.reshape(tf.identity(global_step), [1])
+        ),
+    )
+    lowest, highest = int(tf.reduce_min(steps)), int(tf.reduce_max(steps))
+    if lowest != highest:
+        raise UsageError(
+            f"the workers restored different steps ({lowest} to {highest}): every worker must "
+            "see the chief's --workdir (a shared file system), or start afresh in an empty one"
+        )
+
+
+# Config keys that say where an input lies, not what it holds: a resume may change them, and
+# config.json then records the new value. What the input holds belongs in the config too
+# (MNIST records its IDX files' sha256 as data_fingerprint).
+LOCATION_KEYS = ("data_dir",)
+
+
+def _differences(saved: dict, config: dict, prefix: str = ""):
+    """(key, saved value, new value) for each difference; nested dicts by dotted key."""
+    for key in sorted(set(saved) | set(config)):
+        old, new = saved.get(key), config.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            yield from _differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            yield prefix + key, old, new
+
+
+def check_same_config(workdir: str, config: dict, *, write: bool) -> None:
+    """Refuses a ``workdir`` whose config.json holds another run; records ``config`` there.
+
+    Keys of :data:`LOCATION_KEYS` may differ (the new value is recorded). ``write``: whether
+    this process writes config.json (the chief).
+    """
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path):
+        with open(path) as handle:
+            saved = json.load(handle)
+        changed = [item for item in _differences(saved, config) if item[0] not in LOCATION_KEYS]
+        if changed:
+            details = ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changed)
+            raise UsageError(
+                f"{workdir} holds a run with another configuration ({details}); "
+                "resume with the same flags, or pass another --workdir"
+            )
+        if saved == config:
+            return
+    if write:
+        write_json_atomically(path, config)

@@ -1,0 +1,246 @@
+"""The training controller: epochs of steps, checkpoints, exact resume and the NaN stop.
+
+Modelled on orbit's ``Controller`` (tensorflow/models): the task supplies its training step
+as a :class:`Steps` object, and :class:`Controller` runs it::
+
+    for each epoch left:                      # from the checkpoint's epoch and step
+        steps.start_epoch(epoch, skip)        # the epoch's data from step `skip` on
+        while the epoch has steps left:
+            call = steps.train(n)             # n steps, up to the next checkpoint
+            stop if call.loss is not finite   # TrainingDiverged: last good checkpoint kept
+            record a training point; checkpoint every `checkpoint_every` steps
+        record the epoch (steps.end_epoch: its statistics, e.g. a test evaluation)
+        checkpoint
+
+What holds:
+
+* Resume loses nothing. The checkpoint holds the task's items (:meth:`Steps.checkpoint_items`:
+  weights, optimiser, partial-epoch sums, a task's carried state), the global step, the
+  finished epochs, the partial epoch's seconds and the run's records
+  (:class:`tfrnn.engine.reporting.RunLog`). The data position is the global step: a task's
+  ``start_epoch(epoch, skip)`` must give the same data for the same epoch and start after
+  ``skip`` steps. Killed at any point, the same command continues from the last checkpoint
+  and ends with the weights and records of a run never stopped (on CPU, deterministic ops).
+* Calls end at every checkpoint and epoch end, so both land on exact steps.
+* A non-finite loss stops the run with :class:`TrainingDiverged` (a one-line
+  :class:`tfrnn.errors.UsageError`); a checkpoint is only written when every weight is
+  finite, so the last one kept is good.
+* Only the chief writes files (:func:`tfrnn.engine.distribute.is_chief`): metrics, summaries,
+  plots; every worker checkpoints (:class:`tfrnn.engine.checkpoints.Checkpoints`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Protocol
+
+import tensorflow as tf
+
+from tfrnn.engine.checkpoints import Checkpoints, all_finite
+from tfrnn.engine.reporting import RunLog, progress_bar
+from tfrnn.errors import UsageError
+
+
+class TrainingDiverged(UsageError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """How long a run is and how often it checkpoints, in training steps.
+
+    The last epoch may be cut short (``total_steps`` not a multiple of ``steps_per_epoch``:
+    a tutorial that counted iterations rather than epochs). ``steps_per_call``: most steps
+    in one :meth:`Steps.train` call.
+    """
+
+    steps_per_epoch: int
+    total_steps: int
+    checkpoint_every: int
+    steps_per_call: int
+
+    def __post_init__(self):
+        if self.checkpoint_every <= 0:
+            raise UsageError(f"--checkpoint_every must be positive, got {self.checkpoint_every}")
+
+    @property
+    def num_epochs(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    def epoch_steps(self, epoch: int) -> int:
+        return min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)
+
+    def call_steps(self, step: int, steps_left_in_epoch: int) -> int:
+        """Steps of the next call from global ``step``: to the epoch's end or checkpoint."""
+        until_checkpoint = self.checkpoint_every - step % self.checkpoint_every
+        return min(self.steps_per_call, steps_left_in_epoch, until_checkpoint)
+
+
+@dataclasses.dataclass
+class Call:
+    """What one :meth:`Steps.train` call did.
+
+    loss: the last step's loss; not finite when the run diverged (the call stops there).
+    running: one list of (name, value) progress-bar values per step run.
+    point: the training statistics of the call's steps (metrics.json's ``steps`` record).
+    """
+
+    loss: float
+    running: list
+    point: dict
+
+
+class Steps(Protocol):
+    """A task's training step, as :class:`Controller` drives it."""
+
+    step_name: str  # what a step is, for messages: "batch"
+    progress_names: tuple[str, ...]  # the progress bar's running values
+    progress_scale: int  # progress-bar units per step (1: steps)
+
+    def checkpoint_items(self) -> dict:
+        """name -> trackable: weights, optimiser, partial-epoch sums, carried state."""
+
+    def weights(self) -> list:
+        """The variables that must be finite for a checkpoint to be written."""
+
+    def start_epoch(self, epoch: int, skip: int) -> None:
+        """Prepares epoch ``epoch``'s data from step ``skip`` on (and restored state)."""
+
+    def train(self, num_steps: int) -> Call:
+        """Runs up to ``num_steps`` steps, stopping after the first non-finite loss."""
+
+    def end_epoch(self, epoch: int) -> dict:
+        """The epoch's statistics for its record; resets the partial-epoch sums."""
+
+    def epoch_summary(self, record: dict) -> str | None:
+        """A line to print after the epoch, or None."""
+
+    def before_checkpoint(self) -> None:
+        """Copies state the checkpoint must hold into its variables."""
+
+
+class Controller:
+    """Runs a task's :class:`Steps` over a :class:`Schedule`, checkpointing in ``workdir``."""
+
+    def __init__(
+        self,
+        steps: Steps,
+        schedule: Schedule,
+        workdir: str,
+        *,
+        chief: bool,
+        verbose: bool,
+        on_records=None,
+    ):
+        """``on_records(records)`` is called after each epoch and before a divergence stop,
+        with :attr:`log`'s records (e.g. to write metrics.json)."""
+        self.steps, self.schedule, self.verbose = steps, schedule, verbose
+        # Bookkeeping lives outside any strategy: plain variables updated from reduced values.
+        self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        self.epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done")
+        self.epoch_seconds = tf.Variable(
+            0.0, dtype=tf.float64, trainable=False, name="epoch_seconds"
+        )
+        self.log = RunLog(workdir, chief)
+        items = dict(
+            global_step=self.global_step,
+            epochs_done=self.epochs_done,
+            epoch_seconds=self.epoch_seconds,
+            log=self.log.variable,
+        )
+        self.checkpoints = Checkpoints(workdir, items | steps.checkpoint_items(), chief=chief)
+        self.on_records = on_records
+
+    def restore(self) -> int:
+        """Restores the last checkpoint, if any; returns the global step to go on from."""
+        latest = self.checkpoints.restore()
+        if latest:
+            self.log.restored()
+            if self.verbose:
+                print(
+                    f"resuming from {latest} (step {int(self.global_step)}, "
+                    f"{int(self.epochs_done)} epochs done)",
+                    flush=True,
+                )
+        return int(self.global_step)
+
+    def train(self) -> list[dict]:
+        """Trains the epochs left; returns every epoch's record."""
+        try:
+            for epoch in range(int(self.epochs_done), self.schedule.num_epochs):
+                self._train_epoch(epoch)
+        finally:
+            self.checkpoints.close()
+        return self.log.records["epochs"]
+
+    def _train_epoch(self, epoch: int) -> None:
+        epoch_steps = self.schedule.epoch_steps(epoch)
+        step_in_epoch = int(self.global_step) - epoch * self.schedule.steps_per_epoch
+        scale = self.steps.progress_scale
+        progress = progress_bar(epoch_steps * scale, self.steps.progress_names, self.verbose)
+        if self.verbose:
+            print(f"epoch {epoch + 1}/{self.schedule.num_epochs}", flush=True)
+        self.steps.start_epoch(epoch, step_in_epoch)
+        segment_start = time.perf_counter()
+        while step_in_epoch < epoch_steps:
+            num_steps = self.schedule.call_steps(int(self.global_step), epoch_steps - step_in_epoch)
+            call = self.steps.train(num_steps)
+            self.global_step.assign_add(len(call.running))
+            for index, values in enumerate(call.running, start=step_in_epoch + 1):
+                progress.update(index * scale, values)
+            step_in_epoch += len(call.running)
+            if not math.isfinite(call.loss):
+                self._diverged(call.loss, epoch, step_in_epoch)
+            self.log.add("steps", {"step": int(self.global_step), **call.point})
+            if step_in_epoch < epoch_steps and self._checkpoint_due():
+                now = time.perf_counter()
+                self.epoch_seconds.assign_add(now - segment_start)
+                self._save()
+                segment_start = now
+        self._end_epoch(epoch, segment_start)
+
+    def _checkpoint_due(self) -> bool:
+        return int(self.global_step) % self.schedule.checkpoint_every == 0
+
+    def _end_epoch(self, epoch: int, segment_start: float) -> None:
+        statistics = self.steps.end_epoch(epoch)
+        self.epoch_seconds.assign_add(time.perf_counter() - segment_start)
+        record = {
+            "epoch": epoch + 1,
+            "step": int(self.global_step),
+            **statistics,
+            "seconds": round(float(self.epoch_seconds), 3),
+        }
+        self.log.add("epochs", record)
+        self._report_records()
+        summary = self.steps.epoch_summary(record)
+        if self.verbose and summary:
+            print(summary, flush=True)
+        self.epoch_seconds.assign(0.0)
+        self.epochs_done.assign(epoch + 1)
+        self._save()
+
+    def _report_records(self) -> None:
+        if self.on_records is not None:
+            self.on_records(self.log.records)
+
+    def _diverged(self, loss: float, epoch: int, step_in_epoch: int) -> None:
+        self._report_records()
+        raise TrainingDiverged(
+            f"loss became {loss} at step {int(self.global_step)} (epoch {epoch + 1}, "
+            f"{self.steps.step_name} {step_in_epoch}); kept the last good checkpoint "
+            f"({self.checkpoints.describe_latest()}); lower the learning rate"
+        )
+
+    def _save(self) -> None:
+        if not all_finite(self.steps.weights()):
+            raise TrainingDiverged(
+                f"weights became NaN/inf by step {int(self.global_step)}; kept the last good "
+                f"checkpoint ({self.checkpoints.describe_latest()}); lower the learning rate"
+            )
+        self.steps.before_checkpoint()
+        self.log.before_checkpoint()
+        self.checkpoints.save(int(self.global_step))
+        self.log.summarize()

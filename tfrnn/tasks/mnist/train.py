@@ -1,0 +1,113 @@
+"""MNIST's training entry point: :func:`train_and_evaluate` trains, saves and exports one run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+
+import keras
+import tensorflow as tf
+
+from tfrnn.data import mnist as mnist_data
+from tfrnn.engine import distribute, training
+from tfrnn.errors import UsageError
+from tfrnn.serving import export
+from tfrnn.tasks.mnist.config import Config, validate
+from tfrnn.tasks.mnist.model import accuracy, build_model, make_optimizer
+
+
+def train_and_evaluate(
+    config: Config,
+    workdir: str,
+    *,
+    strategy: tf.distribute.Strategy | None = None,
+    checkpoint_every: int = 200,
+    verbose: bool = True,
+    title: str = "",
+) -> training.Result:
+    """Trains on ``config``'s data, resuming from ``workdir``, then saves and exports the model.
+
+    The configuration recorded (and compared on resume) is ``config`` and ``data_fingerprint``,
+    each IDX file's size and sha256 (:func:`tfrnn.data.mnist.idx_digest`): a resume may read
+    the same files from another ``data_dir``, not other data.
+
+    Writes to ``workdir`` what :func:`tfrnn.engine.training.fit` writes, plus ``model.keras``, the
+    servable SavedModel ``export/1/`` (:func:`tfrnn.serving.export.export_workdir`: signature
+    ``serving_default`` from ``rows`` to ``probabilities`` and ``classes``), and
+    ``final.json`` with the final test
+    accuracy on all test images and on the first 128 (tutorial C2's measure). Under a
+    multi-worker ``strategy`` only the chief writes these (see :mod:`tfrnn.engine.distribute`).
+    """
+    validate(config)
+    if config.data_dir:
+        # Recorded as an absolute path: where the run read its data, from any directory.
+        config = dataclasses.replace(config, data_dir=os.path.abspath(config.data_dir))
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+    data = mnist_data.load(config.dataset, config.data_dir, config.validation_size)
+    steps_per_epoch = mnist_data.steps_per_epoch(data.train, config.batch_size)
+    if steps_per_epoch == 0:
+        raise UsageError(
+            f"--batch_size {config.batch_size} is larger than the {data.train.num_examples} "
+            "training images"
+        )
+    total_steps = config.train_steps or config.epochs * steps_per_epoch
+    task = training.Task(
+        make_model=lambda: build_model(config),
+        make_optimizer=lambda: make_optimizer(config, total_steps),
+        per_example_loss=training.sparse_softmax_cross_entropy,
+        train_batches=lambda epoch, skip: mnist_data.train_batches(
+            data.train, config.batch_size, epoch, config.seed, skip
+        ),
+        eval_batches=lambda: mnist_data.test_batches(data.test, 500),
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        global_batch_size=config.batch_size,
+    )
+    if verbose:
+        print(
+            f"data: {data.source}, {data.train.num_examples} train / {data.test.num_examples} "
+            f"test images; {total_steps} steps of {config.batch_size} "
+            f"({steps_per_epoch} a full epoch)",
+            flush=True,
+        )
+    result = training.fit(
+        task,
+        workdir,
+        # What the data is, so that a resume may read the same files from another folder.
+        {"task": "mnist"} | dataclasses.asdict(config) | {"data_fingerprint": data.fingerprint},
+        strategy=strategy,
+        checkpoint_every=checkpoint_every,
+        jit_compile=config.jit_compile,
+        verbose=verbose,
+        title=title,
+    )
+    if distribute.is_chief(strategy or tf.distribute.get_strategy()):
+        _save_export_and_evaluate(result.model, data, workdir, verbose)
+    return result  # on other workers: the chief saves, exports and evaluates the same weights
+
+
+def _save_export_and_evaluate(model, data, workdir: str, verbose: bool) -> None:
+    """Writes model.keras, export/1/ and final.json (the final test accuracies)."""
+    model.save(os.path.join(workdir, "model.keras"))
+    export_dir = os.path.join(workdir, "export")
+    # The workdir's export mirrors its model.keras: a re-run replaces it rather than adding
+    # versions (exports meant for a server go to their own folder: python -m tfrnn.export).
+    shutil.rmtree(export_dir, ignore_errors=True)
+    export.export_workdir(workdir, export_dir, version=1)
+    final = {
+        "test_accuracy": accuracy(model, mnist_data.test_batches(data.test, 500)),
+        "test_accuracy_first_128": accuracy(model, mnist_data.test_batches(data.test, 128, 128)),
+        "test_images": data.test.num_examples,
+    }
+    with open(os.path.join(workdir, "final.json"), "w") as handle:
+        json.dump(final, handle, indent=2)
+    if verbose:
+        print(
+            f"final test accuracy {100 * final['test_accuracy']:.2f}% on "
+            f"{final['test_images']} images, {100 * final['test_accuracy_first_128']:.2f}% on "
+            f"the first 128; model in {workdir}/model.keras, SavedModel in {export_dir}/1",
+            flush=True,
+        )
