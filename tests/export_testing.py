@@ -14,9 +14,12 @@ from tfrnn.layers.cells import make_rnn
 
 
 def save_workdir(workdir, model: keras.Model, config: dict) -> str:
-    """Writes what a training run leaves for the exporter: model.keras and metrics.json."""
+    """Writes what a training run leaves for the exporter: model.keras, and ``config`` (whose
+    "task" names the serving spec) as config.json and in metrics.json."""
     os.makedirs(workdir, exist_ok=True)
     model.save(os.path.join(workdir, "model.keras"))
+    with open(os.path.join(workdir, "config.json"), "w") as handle:
+        json.dump(config, handle)
     with open(os.path.join(workdir, "metrics.json"), "w") as handle:
         json.dump({"config": config, "epochs": []}, handle)
     return str(workdir)

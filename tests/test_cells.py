@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrnn.layers.cells import CELL_KINDS, RNN, ConcatRNNCell, make_rnn
+from tfrnn.layers.cells import CELL_KINDS, RNN, ConcatRNNCell, cell_kind, make_cell, make_rnn
 
 
 def _random_sequence(batch=3, time=6, features=2, seed=0):
@@ -111,6 +111,21 @@ def test_save_and_load_keras_file_gives_same_outputs(kind, tmp_path):
 def test_bad_arguments_name_the_argument(kind, units, argument):
     with pytest.raises(ValueError, match=argument):
         make_rnn(kind, units)
+
+
+@pytest.mark.parametrize("kind", CELL_KINDS)
+def test_the_kind_of_a_built_cell_is_the_kind_it_was_built_from(kind, tmp_path):
+    assert cell_kind(make_cell(kind, 3)) == kind
+    # A saved and reloaded layer too: what the exporter reads back from model.keras.
+    model = keras.Sequential([keras.Input((4, 2)), make_rnn(kind, 3, name="rnn")])
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert cell_kind(reloaded.get_layer("rnn").cell) == kind
+
+
+def test_a_cell_of_no_kind_is_refused():
+    with pytest.raises(ValueError, match="a GRUCell is none of tfrnn's cells"):
+        cell_kind(keras.layers.GRUCell(3))
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])

@@ -5,6 +5,7 @@ the tutorials' variable names, from random arrays; ``tests/test_convert_lockstep
 the conversion against checkpoints of the real TF1 graphs.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from tfrnn.errors import UsageError
+from tfrnn.serving import export
 from tfrnn.tf1 import convert
 
 # As a user runs it: the command quiets TensorFlow's start-up unless this is set.
@@ -132,7 +134,35 @@ def test_refuses_a_workdir_that_is_not_empty_and_leaves_it_alone(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     convert.convert(prefix, str(empty))
-    assert sorted(os.listdir(empty)) == ["conversion.json", "metrics.json", "model.keras"]
+    assert sorted(os.listdir(empty)) == [
+        "config.json",
+        "conversion.json",
+        "metrics.json",
+        "model.keras",
+    ]
+
+
+@pytest.mark.parametrize(
+    "variables, tutorial, task, signatures",
+    [
+        (_echo("rnn_cell", "W", "b", 4), None, "echo", ["serving_default", "step"]),
+        (_lstm_classifier(5), "C1", "mnist", ["serving_default"]),
+    ],
+    ids=["A", "C1"],
+)
+def test_the_workdir_records_its_task_and_exports_as_it(
+    tmp_path, variables, tutorial, task, signatures
+):
+    prefix = save_tf1_checkpoint(tmp_path / "model.ckpt", variables)
+    workdir = str(tmp_path / "run")
+    convert.convert(prefix, workdir, tutorial)
+    with open(os.path.join(workdir, "config.json")) as handle:
+        config = json.load(handle)
+    with open(os.path.join(workdir, "metrics.json")) as handle:
+        assert json.load(handle)["config"] == config
+    assert config["task"] == task
+    description = export.export_workdir(workdir, str(tmp_path / "models"))
+    assert (description["task"], sorted(description["signatures"])) == (task, signatures)
 
 
 def _without(variables, name):

@@ -35,7 +35,7 @@ import tensorflow as tf
 
 from tfrnn.data.echo import epoch_rng, epoch_windows, generate_series
 from tfrnn.engine import training
-from tfrnn.serving import export
+from tfrnn.serving import export, tf_serving
 from tfrnn.tasks.echo import tbptt
 from tfrnn.tasks.mnist import config as mnist_config
 from tfrnn.tasks.mnist import model as mnist_model
@@ -267,7 +267,7 @@ def test_converted_echo_checkpoint_serves_the_graphs_probabilities(tf1_runs, tmp
     workdir = tmp_path / "run"
     convert.convert(str(folder / "final"), str(workdir))
     export.export_workdir(str(workdir), str(tmp_path / "models"), version=1)
-    served = export.run_like_tf_serving(
+    served = tf_serving.run_like_tf_serving(
         str(tmp_path / "models" / "1"), "serving_default", {"symbols": data["eval_inputs"]}
     )
     graph_softmax = np.asarray(tf.nn.softmax(results["logits_final"]))

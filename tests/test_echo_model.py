@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tfrnn.layers.cells import CELL_KINDS
-from tfrnn.tasks.echo.model import OneHot, build_echo_model, state_sizes
+from tfrnn.tasks.echo.model import OneHot, build_echo_model, state_sizes, stateless_copy
 
 
 def _symbols(batch=4, time=6, seed=0):
@@ -48,6 +48,29 @@ def test_every_build_shares_the_weight_order(kind):
     stateful = build_echo_model(kind, 3, batch_size=4, stateful=True, unroll=True)
     stateful.set_weights(stateless.get_weights())
     np.testing.assert_allclose(stateful(symbols), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", CELL_KINDS)
+def test_stateless_copy_of_a_stateful_unrolled_model_has_its_weights(kind):
+    trained = build_echo_model(kind, 3, batch_size=4, stateful=True, unroll=True)
+    _nonzero_weights(trained, seed=3)
+    symbols = _symbols(seed=4)
+    expected = np.asarray(trained(symbols))
+    trained.get_layer("rnn").reset_state()
+    copy = stateless_copy(trained)
+    assert not copy.get_layer("rnn").stateful and copy.inputs[0].shape == (None, None)
+    np.testing.assert_allclose(copy(symbols), expected, atol=1e-6)
+    assert copy(_symbols(batch=2, time=11)).shape == (2, 11, 2)  # any batch, any length
+    explicit = stateless_copy(trained, explicit_state=True)
+    zeros = [np.zeros((4, size), "float32") for size in state_sizes(kind, 3)]
+    np.testing.assert_allclose(explicit([symbols, *zeros])[0], expected, atol=1e-6)
+
+
+def test_stateless_copy_refuses_a_model_that_is_no_echo_model():
+    features = keras.Input((5,))
+    other = keras.Model(features, keras.layers.Dense(2)(features))
+    with pytest.raises(ValueError, match="No such layer: rnn"):
+        stateless_copy(other)
 
 
 @pytest.mark.parametrize("kind", CELL_KINDS)

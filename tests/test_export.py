@@ -14,7 +14,8 @@ from absl import flags
 from export_testing import mnist_model, random_images, rest_to_tensors, save_workdir
 
 from tfrnn.errors import UsageError
-from tfrnn.serving import export
+from tfrnn.serving import export, tf_serving
+from tfrnn.serving.spec import serving_tasks
 
 VENV_BIN = os.path.dirname(sys.executable)
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -25,7 +26,7 @@ def mnist(tmp_path_factory):
     """(Keras model, workdir, export_dir, description of version 1)."""
     root = tmp_path_factory.mktemp("mnist")
     model = mnist_model()
-    workdir = save_workdir(root / "run", model, {"cell": "lstm", "units": 8})
+    workdir = save_workdir(root / "run", model, {"task": "mnist", "cell": "lstm", "units": 8})
     export_dir = str(root / "models" / "mnist")
     description = export.export_workdir(workdir, export_dir)
     return model, workdir, export_dir, description
@@ -47,7 +48,7 @@ def test_signature_has_named_inputs_and_outputs(mnist):
             },
         }
     }
-    assert export.signatures(os.path.join(export_dir, "1")) == expected
+    assert tf_serving.signatures(os.path.join(export_dir, "1")) == expected
     assert description["signatures"] == expected
     assert description["version"] == 1 and description["task"] == "mnist"
 
@@ -55,7 +56,7 @@ def test_signature_has_named_inputs_and_outputs(mnist):
 def test_tf_serving_path_matches_keras(mnist):
     model, _, export_dir, _ = mnist
     images = random_images(6)
-    outputs = export.run_like_tf_serving(
+    outputs = tf_serving.run_like_tf_serving(
         os.path.join(export_dir, "1"), "serving_default", {"rows": images}
     )
     expected = _keras_probabilities(model, images)
@@ -67,7 +68,7 @@ def test_tf_serving_path_matches_keras(mnist):
 
 def test_graph_has_no_cudnn_ops_and_the_check_catches_them(mnist, tmp_path):
     _, _, export_dir, _ = mnist
-    types = export.op_types(os.path.join(export_dir, "1"))
+    types = tf_serving.op_types(os.path.join(export_dir, "1"))
     # The recurrent loop (a StatelessWhile: it reads no variable) lives in the function
     # library: finding it shows the library was walked.
     assert types & {"While", "StatelessWhile"}
@@ -89,11 +90,11 @@ def test_graph_has_no_cudnn_ops_and_the_check_catches_them(mnist, tmp_path):
     tf.saved_model.save(module, str(tmp_path), signatures=module.serve.get_concrete_function())
     # Only nested functions hold the op: a check that read the top-level graph would miss it.
     top_level = {
-        node.op for node in export.read_saved_model(str(tmp_path)).meta_graphs[0].graph_def.node
+        node.op for node in tf_serving.read_saved_model(str(tmp_path)).meta_graphs[0].graph_def.node
     }
-    assert "CudnnRNN" not in top_level and "CudnnRNN" in export.op_types(str(tmp_path))
+    assert "CudnnRNN" not in top_level and "CudnnRNN" in tf_serving.op_types(str(tmp_path))
     with pytest.raises(UsageError, match="CudnnRNN, which a CPU-only server cannot run"):
-        export.check_portable(str(tmp_path))
+        tf_serving.check_portable(str(tmp_path))
 
 
 def _with_pixel(value):
@@ -135,13 +136,13 @@ def _with_pixel(value):
 def test_wrong_inputs_fail_at_the_signature(mnist, images, message):
     _, _, export_dir, _ = mnist
     with pytest.raises(tf.errors.InvalidArgumentError) as error:
-        export.run_like_tf_serving(
+        tf_serving.run_like_tf_serving(
             os.path.join(export_dir, "1"), "serving_default", {"rows": images}
         )
     # The signature's own assertion stops the request, before any layer sees it.
     assert "assertion failed" in error.value.message
     assert "rnn" not in error.value.message.lower()
-    line = export.signature_error(error.value)
+    line = tf_serving.signature_error(error.value)
     assert "\n" not in line
     assert re.search(message, line), line
 
@@ -180,7 +181,7 @@ def test_rest_bodies_in_both_forms_give_the_described_answer(mnist):
         answers["described"]["probabilities"][0], described_row["probabilities"], atol=1e-5
     )
     assert int(answers["described"]["classes"][0]) == described_row["classes"]
-    expected = export.run_like_tf_serving(
+    expected = tf_serving.run_like_tf_serving(
         os.path.join(export_dir, "1"), "serving_default", {"rows": images}
     )
     for name in ("instances", "named instances", "inputs", "named inputs"):
@@ -361,11 +362,49 @@ def test_bad_workdirs_are_one_line_usage_errors(tmp_path):
         export.export_workdir(str(tmp_path / "empty"), str(tmp_path / "models"))
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / "model.keras").write_text("not a zip")
+    (tmp_path / "corrupt" / "config.json").write_text('{"task": "mnist"}')
     with pytest.raises(UsageError, match="cannot load") as error:
         export.export_workdir(str(tmp_path / "corrupt"), str(tmp_path / "models"))
     assert "\n" not in str(error.value)
     features = keras.Input((5,))
-    save_workdir(tmp_path / "other", keras.Model(features, keras.layers.Dense(2)(features)), {})
-    with pytest.raises(UsageError, match="neither an MNIST model .* nor an echo model"):
-        export.export_workdir(str(tmp_path / "other"), str(tmp_path / "models"))
+    other = keras.Model(features, keras.layers.Dense(2)(features))
+    # The recorded task's spec refuses a model that is not the task's, before tracing anything.
+    for task, message in (
+        ("mnist", r"not an MNIST model \(float32 \(batch, 28, 28\)\)$"),
+        ("echo", r"not an echo model \(int32 \(batch, time\)\)$"),
+    ):
+        save_workdir(tmp_path / task, other, {"task": task})
+        with pytest.raises(UsageError, match=r"^the model takes float32 \(None, 5\): " + message):
+            export.export_workdir(str(tmp_path / task), str(tmp_path / "models"))
     assert not (tmp_path / "models").exists() or export.versions(str(tmp_path / "models")) == []
+
+
+def test_the_task_recorded_in_config_json_chooses_the_export(mnist, tmp_path):
+    model, _, _, _ = mnist
+    assert serving_tasks() == ["echo", "mnist"]
+    workdir = save_workdir(tmp_path / "run", model, {"task": "mnist"})
+    config_path = os.path.join(workdir, "config.json")
+    path = re.escape(config_path)
+    # Without the record, an MNIST-shaped model is not exported: the shapes do not say the task.
+    os.remove(config_path)
+    with pytest.raises(
+        UsageError,
+        match=f'^{path} does not exist: the workdir records no task \\("task": "echo" or '
+        '"mnist"\\)$',
+    ):
+        export.export_workdir(workdir, str(tmp_path / "models"))
+    for config, message in (
+        ({"cell": "lstm"}, f'^{path} records no task: it needs "task": "echo" or "mnist"$'),
+        ({"task": "speech"}, "^no task 'speech' serves a model; the tasks are echo, mnist$"),
+        # The record wins over the shapes: an MNIST model recorded as echo is refused.
+        ({"task": "echo"}, r"float32 \(None, 28, 28\): not an echo model"),
+    ):
+        with open(config_path, "w") as handle:
+            json.dump(config, handle)
+        with pytest.raises(UsageError, match=message):
+            export.export_workdir(workdir, str(tmp_path / "models"))
+    with open(config_path, "w") as handle:
+        handle.write("{not json")
+    with pytest.raises(UsageError, match=f"^{path} is not JSON: "):
+        export.export_workdir(workdir, str(tmp_path / "models"))
+    assert not (tmp_path / "models").exists()

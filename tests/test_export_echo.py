@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from export_testing import rest_to_tensors, save_workdir
 
-from tfrnn.serving import export
+from tfrnn.serving import export, tf_serving
 from tfrnn.tasks.echo.model import build_echo_model
 
 STATE_SIZE = 4
@@ -29,7 +29,13 @@ def echo(request, tmp_path_factory):
     # Non-zero biases, so that a weight lost on the way would show in the outputs.
     trained.set_weights([w + 0.1 for w in trained.get_weights()])
     root = tmp_path_factory.mktemp(f"echo_{kind}")
-    config = {"cell": kind, "state_size": STATE_SIZE, "num_steps": 5, "mode": "stateful"}
+    config = {
+        "task": "echo",
+        "cell": kind,
+        "state_size": STATE_SIZE,
+        "num_steps": 5,
+        "mode": "stateful",
+    }
     workdir = save_workdir(root / "run", trained, config)
     # Into a folder named export, as a training workdir's: the model is named echo all the same.
     description = export.export_workdir(workdir, str(root / "export"))
@@ -51,7 +57,7 @@ def test_signatures_take_and_return_named_state(echo):
     state = {"dtype": "float32", "shape": [None, STATE_SIZE]}
     states = {name: state for name in _states(kind)}
     assert (
-        export.signatures(version_dir)
+        tf_serving.signatures(version_dir)
         == description["signatures"]
         == {
             "serving_default": {
@@ -76,12 +82,12 @@ def test_signatures_take_and_return_named_state(echo):
 def test_whole_sequence_matches_keras_through_the_tf_serving_path(echo):
     _, reference, version_dir, _ = echo
     symbols = _symbols(batch=5, time=11)
-    outputs = export.run_like_tf_serving(version_dir, "serving_default", {"symbols": symbols})
+    outputs = tf_serving.run_like_tf_serving(version_dir, "serving_default", {"symbols": symbols})
     expected = np.asarray(keras.ops.softmax(reference(symbols), axis=-1))
     np.testing.assert_allclose(outputs["probabilities"], expected, atol=1e-5)
     # Lengths the training windows never had work too: the copy has no fixed time axis.
     longer = _symbols(batch=2, time=40, seed=3)
-    outputs = export.run_like_tf_serving(version_dir, "serving_default", {"symbols": longer})
+    outputs = tf_serving.run_like_tf_serving(version_dir, "serving_default", {"symbols": longer})
     expected = np.asarray(keras.ops.softmax(reference(longer), axis=-1))
     np.testing.assert_allclose(outputs["probabilities"], expected, atol=1e-5)
 
@@ -197,9 +203,9 @@ def _step_inputs(kind, batch=2, **changes):
 def test_wrong_inputs_fail_at_the_signature(echo, signature, make_inputs, message):
     kind, _, version_dir, _ = echo
     with pytest.raises(tf.errors.InvalidArgumentError) as error:
-        export.run_like_tf_serving(version_dir, signature, make_inputs(kind))
+        tf_serving.run_like_tf_serving(version_dir, signature, make_inputs(kind))
     assert "assertion failed" in error.value.message
-    line = export.signature_error(error.value)
+    line = tf_serving.signature_error(error.value)
     assert re.search(message, line), line
 
 
@@ -210,8 +216,8 @@ def test_non_finite_states_fail_at_the_step_signature(echo, value):
         state = np.zeros((2, STATE_SIZE), np.float32)
         state[1, 0] = value
         with pytest.raises(tf.errors.InvalidArgumentError) as error:
-            export.run_like_tf_serving(version_dir, "step", _step_inputs(kind, **{name: state}))
-        line = export.signature_error(error.value)
+            tf_serving.run_like_tf_serving(version_dir, "step", _step_inputs(kind, **{name: state}))
+        line = tf_serving.signature_error(error.value)
         assert line == f"{name} must hold finite numbers; got 1 NaN or inf values", line
 
 
@@ -226,7 +232,7 @@ def test_wrong_dtype_fails_at_the_signature(echo):
 
 def test_graph_has_no_cudnn_ops(echo):
     _, _, version_dir, _ = echo
-    types = export.op_types(version_dir)
+    types = tf_serving.op_types(version_dir)
     # The time loop reads no variable (tfrnn.layers.cells.RNN reads the weights before it), so
     # TensorFlow makes it a StatelessWhile; walking the function library is what finds it.
     assert "OneHot" in types and types & {"While", "StatelessWhile"}

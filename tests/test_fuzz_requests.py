@@ -17,7 +17,7 @@ from export_testing import mnist_model, save_workdir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tfrnn.serving import export
+from tfrnn.serving import export, tf_serving
 from tfrnn.tasks.echo.model import build_echo_model, state_sizes
 
 STATE_SIZE = 3
@@ -64,11 +64,11 @@ class _Server:
     JSON: integers only for an integer input, numbers only."""
 
     def __init__(self, version_dir):
-        self.declared = export.signatures(version_dir)
+        self.declared = tf_serving.signatures(version_dir)
         self.graph = tf.Graph()
         with self.graph.as_default():
             self.session = tf.compat.v1.Session(graph=self.graph)
-            proto = export.read_saved_model(version_dir)
+            proto = tf_serving.read_saved_model(version_dir)
             (meta_graph,) = proto.meta_graphs
             self.placeholders, input_map, self.fetches = {}, {}, {}
             for name, signature in meta_graph.signature_def.items():
@@ -152,7 +152,7 @@ def _numeric(array, integral: bool) -> bool:
 def _refused(server, signature, inputs, names):
     with pytest.raises((tf.errors.InvalidArgumentError, ValueError)) as error:
         server.run(signature, inputs)
-    line = export.signature_error(error.value)
+    line = tf_serving.signature_error(error.value)
     assert "\n" not in line
     assert any(name in line for name in names), line
     return line

@@ -21,7 +21,7 @@ def exported(tmp_path_factory):
     """(Keras model, export dir with version 1, folder for image files)."""
     root = tmp_path_factory.mktemp("predict")
     model = mnist_model(seed=3)
-    workdir = save_workdir(root / "run", model, {"cell": "lstm"})
+    workdir = save_workdir(root / "run", model, {"task": "mnist", "cell": "lstm"})
     export.export_workdir(workdir, str(root / "models" / "mnist"))
     (root / "images").mkdir()
     return model, str(root / "models" / "mnist"), root / "images"
@@ -112,7 +112,9 @@ def test_bad_files_are_one_line_errors(exported, name, write, message):
 def test_an_echo_export_is_refused(tmp_path):
     from tfrnn.tasks.echo.model import build_echo_model
 
-    workdir = save_workdir(tmp_path / "run", build_echo_model("simple", 3), {"cell": "simple"})
+    workdir = save_workdir(
+        tmp_path / "run", build_echo_model("simple", 3), {"task": "echo", "cell": "simple"}
+    )
     export.export_workdir(workdir, str(tmp_path / "models" / "echo"))
     path = _write_png(tmp_path / "blank.png", np.zeros((28, 28), np.uint8))
     with pytest.raises(

@@ -16,7 +16,7 @@ Workloads, on the shapes of their PyTorch peers (:mod:`tfrnn.bench.torch_peer`):
    and (10, 16), in the stateful-layer and explicit-state modes. Each run trains two
    epochs: the second is the epoch time; the first minus the second is the one-off cost of
    tracing and XLA compilation, reported on its own line (PyTorch has none).
-3. Serving: the exported MNIST signature (:func:`tfrnn.serving.export.mnist_archive`, reloaded with
+3. Serving: the exported MNIST signature (:func:`tfrnn.tasks.mnist.serving.archive`, reloaded with
    ``tf.saved_model.load``): latency median and p99 for one image, images/s for 256.
 
 With ``TORCH_PYTHON`` naming a Python that has torch, each training workload's PyTorch peer
@@ -49,11 +49,12 @@ from absl import flags, logging
 from tfrnn.data import mnist as mnist_data
 from tfrnn.engine import training
 from tfrnn.errors import UsageError
-from tfrnn.serving import export
+from tfrnn.serving.tf_serving import DEFAULT_SIGNATURE
 from tfrnn.tasks.echo import config as echo_config
 from tfrnn.tasks.echo import train as echo_train
 from tfrnn.tasks.mnist import config as mnist_settings
 from tfrnn.tasks.mnist import model as mnist_model
+from tfrnn.tasks.mnist import serving as mnist_serving
 
 PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_peer.py")
 MNIST_PATHS = {
@@ -198,8 +199,8 @@ def serving_figures(options: Options) -> dict:
     rng = np.random.default_rng(0)
     size = mnist_data.IMAGE_SIZE
     with tempfile.TemporaryDirectory(prefix="tfrnn_bench_") as export_dir:
-        export.mnist_archive(model).write_out(export_dir, verbose=False)
-        serve = tf.saved_model.load(export_dir).signatures[export.DEFAULT_SIGNATURE]
+        mnist_serving.archive(model).write_out(export_dir, verbose=False)
+        serve = tf.saved_model.load(export_dir).signatures[DEFAULT_SIGNATURE]
 
         def call_seconds(batch: int, calls: int) -> list[float]:
             rows = tf.constant(rng.random((batch, size, size), dtype=np.float32))

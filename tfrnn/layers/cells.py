@@ -18,8 +18,6 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-CELL_KINDS = ("simple", "lstm", "concat")
-
 
 @tf.function
 def concat_rnn_step(inputs, state, kernel, bias):
@@ -143,19 +141,33 @@ class RNN(keras.layers.RNN):
             return super().inner_loop(sequences, initial_state, mask, training=training)
 
 
+# The one map between a cell's kind (its name in configs and flags) and its class: building
+# reads it forwards (make_cell), exporting backwards (cell_kind).
+CELL_CLASSES = {
+    "simple": keras.layers.SimpleRNNCell,
+    "lstm": keras.layers.LSTMCell,
+    "concat": ConcatRNNCell,
+}
+CELL_KINDS = tuple(CELL_CLASSES)
+
+
 def make_cell(kind: str, units: int, **cell_kwargs) -> keras.layers.Layer:
     """Builds one cell of ``kind`` (one of :data:`CELL_KINDS`) with ``units`` units.
 
     ``cell_kwargs`` go to the cell's constructor (initialisers, ``unit_forget_bias``...).
     """
     _check_units(units)
-    if kind == "simple":
-        return keras.layers.SimpleRNNCell(units, **cell_kwargs)
-    if kind == "lstm":
-        return keras.layers.LSTMCell(units, **cell_kwargs)
-    if kind == "concat":
-        return ConcatRNNCell(units, **cell_kwargs)
-    raise ValueError(f"kind must be one of {', '.join(CELL_KINDS)}; got {kind!r}")
+    if kind not in CELL_CLASSES:
+        raise ValueError(f"kind must be one of {', '.join(CELL_KINDS)}; got {kind!r}")
+    return CELL_CLASSES[kind](units, **cell_kwargs)
+
+
+def cell_kind(cell: keras.layers.Layer) -> str:
+    """The kind :func:`make_cell` builds ``cell`` from; ValueError for a cell of no kind."""
+    for kind, cell_class in CELL_CLASSES.items():
+        if isinstance(cell, cell_class):
+            return kind
+    raise ValueError(f"a {type(cell).__name__} is none of tfrnn's cells ({', '.join(CELL_KINDS)})")
 
 
 def make_rnn(

@@ -31,8 +31,9 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
+from tfrnn.data.mnist import IMAGE_SIZE
 from tfrnn.errors import UsageError
-from tfrnn.serving import export
+from tfrnn.serving import export, tf_serving
 
 # What tf.io.decode_image reads; the first frame of an animated GIF.
 IMAGE_FORMATS = "PNG, JPEG, GIF, BMP or WebP"
@@ -113,7 +114,7 @@ def ink(image: np.ndarray) -> np.ndarray:
 def _read_image(path: str) -> np.ndarray:
     pixels = ink(_decode(path))
     height, width = pixels.shape
-    if (height, width) != (export.IMAGE_SIZE, export.IMAGE_SIZE):
+    if (height, width) != (IMAGE_SIZE, IMAGE_SIZE):
         raise UsageError(f"{path} is {width}x{height} pixels; expected 28x28")
     return pixels[None].astype(np.float32)
 
@@ -131,9 +132,9 @@ def _read_npy(path: str) -> np.ndarray:
         images = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as error:
         raise UsageError(f"{path} is not a NumPy .npy file: {error}") from error
-    if images.shape[-2:] != (export.IMAGE_SIZE, export.IMAGE_SIZE) or images.ndim not in (2, 3):
+    if images.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE) or images.ndim not in (2, 3):
         raise UsageError(f"{path} holds an array of shape {images.shape}; expected (n, 28, 28)")
-    images = images.reshape((-1, export.IMAGE_SIZE, export.IMAGE_SIZE))
+    images = images.reshape((-1, IMAGE_SIZE, IMAGE_SIZE))
     if images.dtype == np.uint8:
         return images.astype(np.float32) / 255.0
     if images.dtype.kind != "f":
@@ -176,17 +177,17 @@ def predict(
     if invert:
         images = 1.0 - images
     serving_dir = version_dir(model_dir, version)
-    signature = tf.saved_model.load(serving_dir).signatures[export.DEFAULT_SIGNATURE]
+    signature = tf.saved_model.load(serving_dir).signatures[tf_serving.DEFAULT_SIGNATURE]
     inputs = signature.structured_input_signature[1]
     if set(inputs) != {"rows"}:
         raise UsageError(
-            f"{serving_dir} is not an MNIST model: its {export.DEFAULT_SIGNATURE} takes "
+            f"{serving_dir} is not an MNIST model: its {tf_serving.DEFAULT_SIGNATURE} takes "
             f"{', '.join(sorted(inputs))}, not rows"
         )
     try:
         outputs = signature(rows=tf.constant(images))
     except tf.errors.InvalidArgumentError as error:
-        raise UsageError(export.signature_error(error)) from error
+        raise UsageError(tf_serving.signature_error(error)) from error
     classes = outputs["classes"].numpy()
     probabilities = outputs["probabilities"].numpy()
     hint = "; bright background: the model reads white digits on black, " + (

@@ -43,10 +43,12 @@ So ``kernel = K[:n]``, ``recurrent_kernel = K[n:]``, both with the blocks reorde
 bias reordered with ``forget_bias`` added to its f block.
 
 The workdir (``--workdir``, which must not exist or be empty) receives ``model.keras`` (what
-``python -m tfrnn.export`` serves), ``metrics.json`` (``{"config": …, "epochs": []}``: for
-C1–C3 the tutorial's preset with the checkpoint's sizes) and ``conversion.json`` (the
-tutorial, the checkpoint, the variables and the mapping). It is written to a temporary folder
-beside it and renamed into place only when complete: a refused checkpoint leaves nothing.
+``python -m tfrnn.export`` serves), ``config.json`` (the task, ``echo`` or ``mnist``, which
+says how the export serves the model, and for C1–C3 the tutorial's preset with the
+checkpoint's sizes), ``metrics.json`` (``{"config": …, "epochs": []}``, the same config) and
+``conversion.json`` (the tutorial, the checkpoint, the variables and the mapping). It is
+written to a temporary folder beside it and renamed into place only when complete: a refused
+checkpoint leaves nothing.
 """
 
 from __future__ import annotations
@@ -128,6 +130,11 @@ class Conversion:
     forget_bias: float | None
     variables: dict
     optimizer_variables: tuple
+
+    @property
+    def task(self) -> str:
+        """The task the model is, and is served as: ``echo`` for A, ``mnist`` for C1–C3."""
+        return "echo" if self.tutorial == "A" else "mnist"
 
     def config(self) -> dict:
         """The run configuration the workdir records (C1–C3: the preset with these sizes)."""
@@ -424,8 +431,8 @@ def _check_workdir(workdir: str) -> None:
 
 
 def write_workdir(conversion: Conversion, checkpoint: str, workdir: str) -> keras.Model:
-    """Writes ``model.keras``, ``metrics.json`` and ``conversion.json`` to ``workdir``, all at
-    once (a temporary folder beside it, renamed); returns the model."""
+    """Writes ``model.keras``, ``config.json``, ``metrics.json`` and ``conversion.json`` to
+    ``workdir``, all at once (a temporary folder beside it, renamed); returns the model."""
     _check_workdir(workdir)
     model = build_model(conversion)
     parent = os.path.dirname(os.path.abspath(workdir))
@@ -433,8 +440,11 @@ def write_workdir(conversion: Conversion, checkpoint: str, workdir: str) -> kera
     staging = tempfile.mkdtemp(prefix=".convert-", dir=parent)
     try:
         model.save(os.path.join(staging, "model.keras"))
+        config = {"task": conversion.task, **conversion.config()}
+        with open(os.path.join(staging, "config.json"), "w") as handle:
+            json.dump(config, handle, indent=2)
         with open(os.path.join(staging, "metrics.json"), "w") as handle:
-            json.dump({"config": conversion.config(), "epochs": []}, handle, indent=2)
+            json.dump({"config": config, "epochs": []}, handle, indent=2)
         record = {
             "tutorial": conversion.tutorial,
             "graph": conversion.graph,

@@ -9,7 +9,7 @@ Three builds share one weight order (the cell's weights, then ``logits`` kernel 
 so trained weights move between them with ``get_weights`` / ``set_weights``:
 
 * stateless (``batch_size=None, stateful=False``): any batch, any length; what is saved
-  and served.
+  and served (:func:`stateless_copy` makes it from a trained model of any build).
 * stateful (``stateful=True``, fixed ``batch_size``): the layer keeps the final state of
   each call and starts the next call from it (truncated BPTT with the state in the layer).
 * explicit state (``explicit_state=True``): inputs ``[symbols, *initial_states]``, outputs
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import keras
 
-from tfrnn.layers.cells import make_rnn
+from tfrnn.layers.cells import cell_kind, make_rnn
 
 NUM_CLASSES = 2
 
@@ -106,3 +106,29 @@ def build_echo_model(
         [readout(outputs), *final_states],
         name=f"echo_{kind}_{state_size}_explicit_state",
     )
+
+
+def stateless_copy(model: keras.Model, *, explicit_state: bool = False) -> keras.Model:
+    """A stateless build of a trained echo model, with its weights.
+
+    Training saves it, and serving serves it: any batch and any length, and no state kept
+    between calls, whatever ``model``'s batch size, statefulness or unrolling. The cell's kind
+    and width are read from ``model``'s layer ``rnn``.
+
+    Args:
+      model: an echo model of any build (:func:`build_echo_model`).
+      explicit_state: build the explicit-state model: ``[symbols (batch, time), *states
+        (batch, state_size)]`` -> ``[logits (batch, time, 2), *final states]``.
+
+    Returns:
+      The copy: symbols (batch, time) int32 -> logits (batch, time, 2), or the explicit-state
+      model. ValueError if ``model`` has no layer ``rnn``, a cell of no kind, or other weights.
+    """
+    cell = model.get_layer("rnn").cell  # ValueError: "No such layer: rnn"
+    kind = cell_kind(cell)
+    copy = build_echo_model(kind, cell.units, explicit_state=explicit_state)
+    try:
+        copy.set_weights(model.get_weights())
+    except ValueError as error:
+        raise ValueError(f"the weights do not fit a {kind} model: {error}") from error
+    return copy

@@ -37,7 +37,7 @@ from tfrnn.engine.loop import Controller, Schedule
 from tfrnn.engine.reporting import save_figure, write_json_atomically
 from tfrnn.errors import UsageError
 from tfrnn.tasks.echo.config import REPORT_EVERY, EchoConfig, check_config
-from tfrnn.tasks.echo.model import build_echo_model
+from tfrnn.tasks.echo.model import stateless_copy
 from tfrnn.tasks.echo.steps import EchoSteps
 
 # Checkpoint every this many windows (and at each epoch's end): a multiple of REPORT_EVERY.
@@ -122,7 +122,7 @@ def run_metrics(config: EchoConfig, records: dict) -> dict:
 
 
 def _write_results(model, config: EchoConfig, metrics: dict, workdir: str, verbose) -> None:
-    _save_stateless_model(model, config, os.path.join(workdir, "model.keras"))
+    stateless_copy(model).save(os.path.join(workdir, "model.keras"))
     plot_curves({config.name: metrics}, os.path.join(workdir, "curve.png"), title=config.name)
     if verbose:
         print(
@@ -130,14 +130,6 @@ def _write_results(model, config: EchoConfig, metrics: dict, workdir: str, verbo
             f" (expected {metrics['expected_loss']:.4f}),"
             f" {metrics['seconds_per_epoch']:.2f} s an epoch"
         )
-
-
-def _save_stateless_model(model, config: EchoConfig, path: str) -> None:
-    # Serving wants any batch and any length, and no state shared between requests: the
-    # stateless build (a while loop, not unrolled) with the trained weights.
-    stateless = build_echo_model(config.cell, config.state_size)
-    stateless.set_weights(model.get_weights())
-    stateless.save(path)
 
 
 def plot_curves(runs: dict, path: str, *, title: str = "", styles: dict | None = None) -> None:
