@@ -237,3 +237,16 @@ def test_graph_has_no_cudnn_ops(echo):
     # TensorFlow makes it a StatelessWhile; walking the function library is what finds it.
     assert "OneHot" in types and types & {"While", "StatelessWhile"}
     assert not [op for op in types if op.startswith("CudnnRNN")]
+
+
+@pytest.mark.parametrize(
+    "value", [[2**40], [0.5], [float("nan")], ["1"]], ids=["too_large", "fraction", "nan", "text"]
+)
+def test_requests_are_converted_like_rest_json_never_wrapped(value):
+    # int64 2**40 would wrap to 0 in int32, and 0.5 would truncate to 0: both are refused.
+    with pytest.raises(ValueError, match="^symbols must hold"):
+        tf_serving.to_signature_dtype("symbols", np.array(value), "int32")
+    assert tf_serving.to_signature_dtype("symbols", np.array([1.0, 0.0]), "int32").tolist() == [
+        1,
+        0,
+    ]

@@ -79,46 +79,92 @@ def signatures(version_dir: str) -> dict:
     raise UsageError(f"{version_dir} has no meta graph tagged '{SERVE_TAG}'")
 
 
-def run_like_tf_serving(version_dir: str, signature: str, inputs: dict) -> dict[str, np.ndarray]:
-    """Runs ``signature`` on ``inputs`` (name -> array) the way TF Serving's C++ server does.
+class TFServingSession:
+    """A version folder loaded the way TF Serving's C++ server loads it, to run many requests.
 
-    TF1 loader in a graph session, tag ``serve``, feeds and fetches by the signature's tensor
-    names. Like the server, it does not check the fed shapes against the signature (each
-    input goes through a placeholder of unknown shape), so the signature's own checks are
-    what a bad request meets; values are converted to the signature's dtype, as the REST API
-    converts JSON numbers.
+    TF1 loader in a graph session, tag ``serve``; every signature's inputs are fed through
+    placeholders of unknown shape and its outputs fetched by tensor name. Like the server, it
+    does not check the fed shapes against the signature, so the signature's own checks are
+    what a bad request meets. Values are converted to the signature's dtype as the REST API
+    converts JSON (:func:`to_signature_dtype`). Use as a context manager, or call close().
     """
-    declared = signatures(version_dir)[signature]["inputs"]
-    unknown = sorted(set(inputs) - set(declared))
-    if unknown:
-        raise ValueError(f"signature {signature} has no input {', '.join(unknown)}")
-    logger = tf.get_logger()
-    previous_level = logger.level
-    # The TF1 loader warns that it is deprecated in TF2; it is still what the server does.
-    logger.setLevel("ERROR")
-    try:
-        with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as session:
-            proto = read_saved_model(version_dir)
-            (meta_graph,) = [m for m in proto.meta_graphs if SERVE_TAG in m.meta_info_def.tags]
-            signature_def = meta_graph.signature_def[signature]
-            placeholders = {
-                name: tf.compat.v1.placeholder(signature_def.inputs[name].dtype, shape=None)
-                for name in declared
-            }
-            tf.compat.v1.saved_model.loader.load(
-                session,
-                [SERVE_TAG],
-                version_dir,
-                input_map={
-                    signature_def.inputs[name].name: placeholders[name] for name in declared
-                },
+
+    def __init__(self, version_dir: str):
+        self.declared = signatures(version_dir)
+        self._graph = tf.Graph()
+        self._session = tf.compat.v1.Session(graph=self._graph)
+        self._placeholders, self._fetches, input_map = {}, {}, {}
+        logger = tf.get_logger()
+        previous_level = logger.level
+        # The TF1 loader warns that it is deprecated in TF2; it is still what the server does.
+        logger.setLevel("ERROR")
+        try:
+            with self._graph.as_default():
+                proto = read_saved_model(version_dir)
+                (meta_graph,) = [m for m in proto.meta_graphs if SERVE_TAG in m.meta_info_def.tags]
+                for name in self.declared:
+                    signature_def = meta_graph.signature_def[name]
+                    for input_name, info in signature_def.inputs.items():
+                        placeholder = tf.compat.v1.placeholder(info.dtype, shape=None)
+                        self._placeholders[name, input_name] = placeholder
+                        input_map[info.name] = placeholder
+                    outputs = signature_def.outputs.items()
+                    self._fetches[name] = {key: info.name for key, info in outputs}
+                tf.compat.v1.saved_model.loader.load(
+                    self._session, [SERVE_TAG], version_dir, input_map=input_map
+                )
+        finally:
+            logger.setLevel(previous_level)
+
+    def run(self, signature: str, inputs: dict) -> dict[str, np.ndarray]:
+        """The outputs of ``signature`` for ``inputs`` (input name -> array of a batch)."""
+        declared = self.declared[signature]["inputs"]
+        unknown = sorted(set(inputs) - set(declared))
+        if unknown:
+            raise ValueError(f"signature {signature} has no input {', '.join(unknown)}")
+        feeds = {
+            self._placeholders[signature, name]: to_signature_dtype(
+                name, value, declared[name]["dtype"]
             )
-            fetches = {name: info.name for name, info in signature_def.outputs.items()}
-            return session.run(
-                fetches, {placeholders[name]: value for name, value in inputs.items()}
+            for name, value in inputs.items()
+        }
+        return self._session.run(self._fetches[signature], feeds)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def to_signature_dtype(name: str, value, dtype: str) -> np.ndarray:
+    """``value`` as an array of ``dtype``, or a ValueError naming the input, as TF Serving's
+    REST API converts JSON: numbers only, and whole numbers within range for an integer
+    input (a fraction, NaN, inf or an out-of-range number is refused, never wrapped)."""
+    value = np.asarray(value)
+    if value.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must hold numbers ({dtype}); got {value.dtype}")
+    if np.dtype(dtype).kind in "iu":
+        limits = np.iinfo(dtype)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN and float16's inf compare False
+            whole = np.all(np.mod(value, 1) == 0) if value.dtype.kind == "f" else True
+            inside = np.all((value >= limits.min) & (value <= limits.max))
+        if not (whole and inside):
+            raise ValueError(
+                f"{name} must hold whole numbers within {dtype}'s range; got fractions, NaN, "
+                "inf or numbers out of range"
             )
-    finally:
-        logger.setLevel(previous_level)
+    return value.astype(dtype)
+
+
+def run_like_tf_serving(version_dir: str, signature: str, inputs: dict) -> dict[str, np.ndarray]:
+    """Runs ``signature`` on ``inputs`` (name -> array) once, the way TF Serving does
+    (:class:`TFServingSession`)."""
+    with TFServingSession(version_dir) as session:
+        return session.run(signature, inputs)
 
 
 def signature_error(error: Exception) -> str:
