@@ -36,6 +36,7 @@ import math
 import time
 from typing import Protocol
 
+import keras
 import tensorflow as tf
 
 from tfrnn.engine.checkpoints import Checkpoints, all_finite
@@ -119,6 +120,14 @@ class Steps(Protocol):
 
     def before_checkpoint(self) -> None:
         """Copies state the checkpoint must hold into its variables."""
+
+
+def seed_and_make_deterministic(seed: int) -> None:
+    """Seeds Python, NumPy and TensorFlow and makes TensorFlow's ops deterministic: a run
+    killed and resumed must compute the very numbers of a run never stopped, so no
+    reduction may depend on thread timing."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
 
 
 class Controller:

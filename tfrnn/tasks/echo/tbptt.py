@@ -3,7 +3,7 @@
 Every mode trains on the same batches: (batch, num_steps) windows of ``batch_size``
 streams, where row i of window k+1 continues row i of window k (see
 :mod:`tfrnn.data.echo`). Each mode is a plain function of
-``(model, inputs, targets, carry)`` returning ``(loss, gradients, carry)``;
+``(model, inputs, targets, carry, global_batch_size)`` returning ``(loss, gradients, carry)``;
 :func:`make_window_runner` applies the gradients and loops over many windows inside one
 compiled ``tf.function``, under any ``tf.distribute`` strategy.
 
@@ -16,9 +16,10 @@ i // (B / R) and its state never moves. Each replica carries only its own rows' 
 ``stateful`` mode the model is built with the per-replica batch B / R and the layer's state
 variable holds, on each replica, that replica's rows (a per-replica copy the strategy
 keeps; :func:`carried_state` gathers the rows back in order, while reading the variable
-outside a replica gives replica 0's rows only). Each replica's gradients are divided by R
-before the optimiser sums them, so the update is the gradient of the mean loss over all B
-rows, as on one device; the reported loss is the mean over replicas. Under the default
+outside a replica gives replica 0's rows only). Each replica's loss is its share of the mean
+over all B rows (:func:`tfrnn.engine.distribute.global_mean_loss`, as MNIST's step), so the
+gradients the optimiser sums, and the shares the reported loss sums, are those of the mean
+over all B rows, as on one device. Under the default
 strategy the whole loop (forward, backward and update) is one XLA program; under a real
 strategy the all-reduce inside the update cannot be compiled, so each replica's forward
 and backward pass is one XLA program and the loop and update run as a plain graph.
@@ -67,35 +68,43 @@ from tfrnn.tasks.echo.model import build_echo_model
 MODES = ("stateful", "explicit", "true")
 
 
-def sequence_loss(targets, logits):
-    """Mean sparse softmax cross-entropy over every position: targets (...), logits (..., C)."""
+def stream_losses(targets, logits):
+    """Each stream's mean cross-entropy over its steps: targets (batch, steps) int, logits
+    (batch, steps, C) -> (batch,)."""
     return tf.reduce_mean(
-        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits), axis=1
     )
+
+
+def _loss_share(per_stream, global_batch_size):
+    """This replica's share of the mean loss over the global batch of streams (the whole
+    mean when ``global_batch_size`` is None: one replica holds every stream)."""
+    return distribute.global_mean_loss(per_stream, global_batch_size or per_stream.shape[0])
 
 
 def _gradients(model, tape, loss):
     return tape.gradient(loss, model.trainable_variables)
 
 
-def stateful_layer_gradients(model, inputs, targets, carry=()):
+def stateful_layer_gradients(model, inputs, targets, carry=(), global_batch_size=None):
     """One window in ``stateful`` mode.
 
-    inputs, targets (batch, num_steps) -> (loss, gradients, ()).
+    inputs, targets (batch, num_steps) -> (loss share, gradients, ()); the loss share and
+    its gradients are this replica's share of the mean over ``global_batch_size`` streams.
     """
     with tf.GradientTape() as tape:
-        loss = sequence_loss(targets, model(inputs, training=True))
+        loss = _loss_share(stream_losses(targets, model(inputs, training=True)), global_batch_size)
     return loss, _gradients(model, tape, loss), carry
 
 
-def explicit_state_gradients(model, inputs, targets, carry):
+def explicit_state_gradients(model, inputs, targets, carry, global_batch_size=None):
     """One window in ``explicit`` mode; ``carry`` is the list of initial states.
 
-    Returns (loss, gradients, final states), the final states cut from the gradient.
+    Returns (loss share, gradients, final states), the final states cut from the gradient.
     """
     with tf.GradientTape() as tape:
         logits, *final_states = model([inputs, *carry], training=True)
-        loss = sequence_loss(targets, logits)
+        loss = _loss_share(stream_losses(targets, logits), global_batch_size)
     carry = tuple(tf.stop_gradient(state) for state in final_states)
     return loss, _gradients(model, tape, loss), carry
 
@@ -114,16 +123,17 @@ class TrueCarry(NamedTuple):
     states: tuple
 
 
-def true_tbptt_gradients(model, inputs, targets, carry: TrueCarry):
+def true_tbptt_gradients(model, inputs, targets, carry: TrueCarry, global_batch_size=None):
     """One window in ``true`` mode (see the module docstring for the computation).
 
     Args:
       model: the explicit-state model (layers ``one_hot``, ``rnn``, ``logits``).
       inputs, targets: (batch, num_steps) int32.
       carry: a :class:`TrueCarry`.
+      global_batch_size: streams over all replicas; None: ``inputs`` holds them all.
 
     Returns:
-      (loss, gradients, new carry).
+      (loss share, gradients, new carry), as :func:`stateful_layer_gradients`.
     """
     batch, num_steps = inputs.shape
     # (batch, 2n - 1): the n - 1 earlier inputs, then the window's n.
@@ -146,7 +156,9 @@ def true_tbptt_gradients(model, inputs, targets, carry: TrueCarry):
         one_hot = model.get_layer("one_hot")(windows)
         outputs, *final_states = rnn(one_hot, initial_state=start_states, mask=mask, training=True)
         logits = readout(outputs[:, -1])
-        loss = sequence_loss(tf.reshape(targets, [-1]), logits)
+        # Row b * n + j is stream b's sub-sequence j: its last output predicts targets[b, j].
+        per_stream = stream_losses(targets, tf.reshape(logits, [batch, num_steps, -1]))
+        loss = _loss_share(per_stream, global_batch_size)
     new_carry = TrueCarry(
         symbols=extended[:, num_steps:],
         real=tf.ones([num_steps - 1], tf.bool),
@@ -324,10 +336,9 @@ def make_window_runner(
             optimizer.build(model.trainable_variables)
 
     def replica_gradients(inputs, targets, carry):
-        loss, gradients, carry = window_gradients(model, inputs, targets, carry)
-        if replicas > 1:  # the optimiser sums replicas: each contributes its share of the mean
-            gradients = [gradient / replicas for gradient in gradients]
-        return loss, gradients, carry
+        # The optimiser sums the replicas' gradients: each is that of its share of the mean
+        # over every replica's streams (the same number on each).
+        return window_gradients(model, inputs, targets, carry, inputs.shape[0] * replicas)
 
     if not compile_whole_loop:
         replica_gradients = tf.function(replica_gradients, jit_compile=jit_compile)
@@ -343,7 +354,7 @@ def make_window_runner(
         losses = tf.TensorArray(tf.float32, size=num_windows)
         for index in tf.range(num_windows):
             loss, carry = strategy.run(replica_window, args=(inputs, targets, index, carry))
-            losses = losses.write(index, strategy.reduce("MEAN", loss, axis=None))
+            losses = losses.write(index, strategy.reduce("SUM", loss, axis=None))
         return losses.stack(), carry
 
     return run

@@ -26,14 +26,13 @@ import dataclasses
 import os
 import statistics
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from tfrnn.data.echo import expected_losses
 from tfrnn.engine import distribute
 from tfrnn.engine.checkpoints import check_same_config, check_workers_agree
-from tfrnn.engine.loop import Controller, Schedule
+from tfrnn.engine.loop import Controller, Schedule, seed_and_make_deterministic
 from tfrnn.engine.reporting import save_figure, write_json_atomically
 from tfrnn.errors import UsageError
 from tfrnn.tasks.echo.config import REPORT_EVERY, EchoConfig, check_config
@@ -71,7 +70,7 @@ def train_and_evaluate(
     chief = distribute.is_chief(strategy)
     os.makedirs(workdir, exist_ok=True)
     check_same_config(workdir, {"task": "echo", **dataclasses.asdict(config)}, write=chief)
-    keras.utils.set_random_seed(config.seed)
+    seed_and_make_deterministic(config.seed)
     steps = EchoSteps(config, strategy)
     runs = config.reports_per_epoch
     schedule = Schedule(runs, config.epochs * runs, checkpoint_every // REPORT_EVERY, 1)

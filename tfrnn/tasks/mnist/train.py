@@ -7,11 +7,11 @@ import json
 import os
 import shutil
 
-import keras
 import tensorflow as tf
 
 from tfrnn.data import mnist as mnist_data
 from tfrnn.engine import distribute, training
+from tfrnn.engine.loop import seed_and_make_deterministic
 from tfrnn.errors import UsageError
 from tfrnn.serving import export
 from tfrnn.tasks.mnist.config import Config, validate
@@ -44,8 +44,7 @@ def train_and_evaluate(
     if config.data_dir:
         # Recorded as an absolute path: where the run read its data, from any directory.
         config = dataclasses.replace(config, data_dir=os.path.abspath(config.data_dir))
-    keras.utils.set_random_seed(config.seed)
-    tf.config.experimental.enable_op_determinism()
+    seed_and_make_deterministic(config.seed)
     data = mnist_data.load(config.dataset, config.data_dir, config.validation_size)
     steps_per_epoch = mnist_data.steps_per_epoch(data.train, config.batch_size)
     if steps_per_epoch == 0:
