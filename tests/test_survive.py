@@ -1,0 +1,167 @@
+"""What a cluster does to a run, on both commands: signals, a shared workdir, damaged
+checkpoints, a full disk, a log that is not a terminal.
+
+Each event happens to a real ``python -m tfrnn.experiments.…`` process where the process is
+the point (signals, the lock, the disk, the log), at a fixed training step so the tests do
+not depend on timing: a hook on the progress bar's update (called once per step, right after
+it) does it. Runs are tiny: MNIST on 96 generated images in batches of 4 (24 steps an
+epoch, calls of at most 20 steps), echo on a 400,000-step series (two runs of 100 windows an
+epoch).
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrnn.data import mnist as mnist_data
+from tfrnn.tasks.mnist import config as mnist_config
+from tfrnn.tasks.mnist import train as mnist_train
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+# checkpoint_every 100: only the epochs' ends (24, 48) are checkpointed unless a stop asks.
+MNIST_FLAGS = ["--units=8", "--batch_size=4", "--epochs=2", "--checkpoint_every=100"]
+ECHO_FLAGS = ["--num_steps=10", "--state_size=16", "--epochs=2", "--series_length=400000"]
+WALL_CLOCK = ("seconds", "epoch_seconds", "seconds_per_epoch")
+
+
+def _run(module, args, at_update=None, action=""):
+    """``python -m tfrnn.experiments.<module> args``; runs ``action`` (Python, in the child)
+    right after the ``at_update``-th progress update, i.e. after that training step."""
+    script = "import runpy, sys\n"
+    if at_update:
+        script += (
+            "import os, signal, resource, keras\n"
+            "update, calls = keras.utils.Progbar.update, []\n"
+            "from tfrnn.engine import reporting\n"
+            "plain_update = reporting.PlainProgress.update\n"
+            "def hooked(original):\n"
+            "    def update(self, *args, **kwargs):\n"
+            "        calls.append(1)\n"
+            f"        if len(calls) == {at_update}:\n"
+            f"            {action}\n"
+            "        return original(self, *args, **kwargs)\n"
+            "    return update\n"
+            "keras.utils.Progbar.update = hooked(update)\n"
+            "reporting.PlainProgress.update = hooked(plain_update)\n"
+        )
+    script += (
+        f"sys.argv = ['{module}'] + sys.argv[1:]\n"
+        f"runpy.run_module('tfrnn.experiments.{module}', run_name='__main__')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,  # stdout is a pipe, not a terminal: the plain log
+        text=True,
+        env=env,
+        timeout=240,
+    )
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("idx")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 96), ("test", 40)):
+        labels = rng.integers(0, 10, size=count)
+        images = rng.integers(0, 100, size=(count, 28, 28))
+        images[np.arange(count), 2 * labels + 4, :] = 255  # a learnable signal
+        images_name, labels_name = mnist_data.IDX_FILES[split]
+        mnist_data.write_idx(str(folder / (images_name + ".gz")), images)
+        mnist_data.write_idx(str(folder / labels_name), labels)
+    return str(folder)
+
+
+def _mnist_config(data_dir):
+    return dataclasses.replace(
+        mnist_config.Config(), data_dir=data_dir, units=8, batch_size=4, epochs=2
+    )
+
+
+@pytest.fixture(scope="module")
+def mnist_uninterrupted(data_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("mnist_uninterrupted")
+    mnist_train.train_and_evaluate(
+        _mnist_config(data_dir), str(workdir), checkpoint_every=100, verbose=False
+    )
+    return workdir
+
+
+def _mnist_args(data_dir, workdir, *extra):
+    return [*MNIST_FLAGS, f"--data_dir={data_dir}", f"--workdir={workdir}", *extra]
+
+
+def _without_wall_clock(value):
+    if isinstance(value, dict):
+        return {k: _without_wall_clock(v) for k, v in value.items() if k not in WALL_CLOCK}
+    if isinstance(value, list):
+        return [_without_wall_clock(item) for item in value]
+    return value
+
+
+def _metrics(workdir):
+    return _without_wall_clock(json.loads((pathlib.Path(workdir) / "metrics.json").read_text()))
+
+
+def _latest(workdir):
+    return os.path.basename(tf.train.latest_checkpoint(str(pathlib.Path(workdir) / "checkpoints")))
+
+
+def test_sigterm_stops_mnist_at_the_step_reached_and_the_same_command_ends_the_same(
+    mnist_uninterrupted, data_dir, tmp_path
+):
+    # SIGTERM during the first call (steps 1-20): the call ends at step 20, checkpointed
+    # there though no checkpoint was due (every 100 steps, and at 24).
+    stopped = _run(
+        "mnist",
+        _mnist_args(data_dir, tmp_path),
+        at_update=5,
+        action="os.kill(os.getpid(), signal.SIGTERM)",
+    )
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert stopped.stderr.splitlines()[-1].startswith("stopped by SIGTERM after step 20: ")
+    assert _latest(tmp_path) == "ckpt-20"
+    assert not (tmp_path / "model.keras").exists()
+
+    resumed = _run("mnist", _mnist_args(data_dir, tmp_path))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "(step 20, 0 epochs done)" in resumed.stdout
+    assert _metrics(tmp_path) == _metrics(mnist_uninterrupted)
+
+    # Item 6: stdout is a pipe here, so the log is plain lines: no bar redraws.
+    for output in (stopped.stdout, resumed.stdout):
+        assert "\x1b" not in output and "\r" not in output
+    lines = resumed.stdout.splitlines()
+    assert "epoch 1/2 24/24 loss" in "\n".join(lines)  # the rest of epoch 1: its end
+    assert [line for line in lines if line.startswith("epoch 2/2 ")][-1].startswith(
+        "epoch 2/2 24/24 loss "
+    )
+
+
+def test_sigint_stops_echo_mid_epoch_and_the_same_command_ends_the_same(tmp_path):
+    # The reference is the command too: in this process (the CPU split in two by conftest,
+    # other tests' XLA programs) the last float digits of a step can differ from a fresh one.
+    uninterrupted = _run("echo_deps", [*ECHO_FLAGS, f"--workdir={tmp_path / 'uninterrupted'}"])
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
+    workdir = tmp_path / "stopped"
+    args = [*ECHO_FLAGS, f"--workdir={workdir}"]
+    # SIGINT (Ctrl-C) after the first run of 100 windows: checkpoint 1, mid-epoch.
+    stopped = _run("echo_deps", args, at_update=1, action="os.kill(os.getpid(), signal.SIGINT)")
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    assert stopped.stderr.splitlines()[-1].startswith("stopped by SIGINT after step 1: ")
+    assert _latest(workdir) == "ckpt-1"
+
+    resumed = _run("echo_deps", args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "(step 1, 0 epochs done)" in resumed.stdout
+    assert _metrics(workdir) == _metrics(tmp_path / "uninterrupted")
+    # The plain log: a line per 100 windows.
+    assert "\x1b" not in resumed.stdout and "\r" not in resumed.stdout
+    assert "epoch 2/2 100/200 loss " in resumed.stdout
