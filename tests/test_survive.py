@@ -40,23 +40,20 @@ WALL_CLOCK = ("seconds", "epoch_seconds", "seconds_per_epoch")
 
 def _run(module, args, at_update=None, action=""):
     """``python -m tfrnn.experiments.<module> args``; runs ``action`` (Python, in the child)
-    right after the ``at_update``-th progress update, i.e. after that training step."""
+    right after the ``at_update``-th progress update, i.e. after that training step (stdout
+    is a pipe: the progress is the plain log's)."""
     script = "import runpy, sys\n"
     if at_update:
         script += (
-            "import os, signal, resource, keras\n"
-            "update, calls = keras.utils.Progbar.update, []\n"
+            "import os, signal, resource\n"
             "from tfrnn.engine import reporting\n"
-            "plain_update = reporting.PlainProgress.update\n"
-            "def hooked(original):\n"
-            "    def update(self, *args, **kwargs):\n"
-            "        calls.append(1)\n"
-            f"        if len(calls) == {at_update}:\n"
-            f"            {action}\n"
-            "        return original(self, *args, **kwargs)\n"
-            "    return update\n"
-            "keras.utils.Progbar.update = hooked(update)\n"
-            "reporting.PlainProgress.update = hooked(plain_update)\n"
+            "update, calls = reporting.PlainProgress.update, []\n"
+            "def hooked(self, *args, **kwargs):\n"
+            "    calls.append(1)\n"
+            f"    if len(calls) == {at_update}:\n"
+            f"        {action}\n"
+            "    return update(self, *args, **kwargs)\n"
+            "reporting.PlainProgress.update = hooked\n"
         )
     script += (
         f"sys.argv = ['{module}'] + sys.argv[1:]\n"
