@@ -146,9 +146,12 @@ class Controller:
         chief: bool,
         verbose: bool,
         on_records=None,
+        stop_on_signals: bool = True,
     ):
         """``on_records(records)`` is called after each epoch and before a divergence stop,
-        with :attr:`log`'s records (e.g. to write metrics.json)."""
+        with :attr:`log`'s records (e.g. to write metrics.json). ``stop_on_signals``: SIGTERM
+        and SIGINT stop the run at a checkpoint (:meth:`train`); False under several workers,
+        where one worker's save alone would wait for the others' part of it forever."""
         self.steps, self.schedule, self.verbose = steps, schedule, verbose
         # Bookkeeping lives outside any strategy: plain variables updated from reduced values.
         self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
@@ -166,6 +169,7 @@ class Controller:
         self.checkpoints = Checkpoints(workdir, items | steps.checkpoint_items(), chief=chief)
         self.on_records = on_records
         self._stop_signal = None  # the signal that asked the run to stop, once one has
+        self._stop_on_signals = stop_on_signals
 
     def restore(self, *, fresh: bool = False) -> int:
         """Restores the newest intact checkpoint (none if ``fresh``); returns the global step
@@ -201,7 +205,7 @@ class Controller:
     @contextlib.contextmanager
     def _stop_requests(self):
         """SIGTERM and SIGINT set :attr:`_stop_signal`, read between calls, for the block."""
-        if threading.current_thread() is not threading.main_thread():
+        if not self._stop_on_signals or threading.current_thread() is not threading.main_thread():
             yield  # Python delivers signals to the main thread only
             return
 
