@@ -34,16 +34,18 @@ def _run(workdir, kill_at_progress_update=None):
     """The echo command in a subprocess; optionally SIGKILLs itself at the N-th step."""
     script = "import runpy, sys\n"
     if kill_at_progress_update:
-        # The progress bar is updated once per training step, right after it.
+        # The progress is updated once per training step, right after it; stdout is a pipe,
+        # so that is the plain log's PlainProgress.
         script += (
-            "import os, signal, keras\n"
-            "update, calls = keras.utils.Progbar.update, []\n"
+            "import os, signal\n"
+            "from tfrnn.engine import reporting\n"
+            "update, calls = reporting.PlainProgress.update, []\n"
             "def killing_update(self, *args, **kwargs):\n"
             "    calls.append(1)\n"
             f"    if len(calls) == {kill_at_progress_update}:\n"
             "        os.kill(os.getpid(), signal.SIGKILL)\n"
             "    return update(self, *args, **kwargs)\n"
-            "keras.utils.Progbar.update = killing_update\n"
+            "reporting.PlainProgress.update = killing_update\n"
         )
     script += (
         "sys.argv = ['echo_deps'] + sys.argv[1:]\n"
@@ -74,12 +76,15 @@ def test_sigkill_mid_epoch_then_same_command_ends_like_a_run_never_stopped(tmp_p
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-3")
     assert not (workdir / "model.keras").exists()
+    killed_pid = int((workdir / "lock").read_text())  # the lock it could not release
 
     resumed = _run(workdir)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    print(resumed.stdout.splitlines()[0])
     print(resumed.stdout.splitlines()[-1])
-    assert "(step 3, 1 epochs done)" in resumed.stdout.splitlines()[0]
+    # The killed run could not release its workdir lock: the resumed run takes it over.
+    takeover, resuming = resumed.stdout.splitlines()[:2]
+    assert takeover == f"taking over the lock of PID {killed_pid}, which ended without releasing it"
+    assert "(step 3, 1 epochs done)" in resuming
     assert json.loads((workdir / "config.json").read_text())["task"] == "echo"
     got = json.loads((workdir / "metrics.json").read_text())
     assert len(got["curve"]) == 6 and len(got["epoch_seconds"]) == 3

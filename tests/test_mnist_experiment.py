@@ -97,16 +97,18 @@ def _run(args, kill_at_progress_update=None):
     """Runs the experiment in a subprocess; optionally SIGKILLs itself at the N-th step."""
     script = "import runpy, sys\n"
     if kill_at_progress_update:
-        # The progress bar is updated once per training step, right after it.
+        # The progress is updated once per training step, right after it; stdout is a pipe,
+        # so that is the plain log's PlainProgress.
         script += (
-            "import os, signal, keras\n"
-            "update, calls = keras.utils.Progbar.update, []\n"
+            "import os, signal\n"
+            "from tfrnn.engine import reporting\n"
+            "update, calls = reporting.PlainProgress.update, []\n"
             "def killing_update(self, *args, **kwargs):\n"
             "    calls.append(1)\n"
             f"    if len(calls) == {kill_at_progress_update}:\n"
             "        os.kill(os.getpid(), signal.SIGKILL)\n"
             "    return update(self, *args, **kwargs)\n"
-            "keras.utils.Progbar.update = killing_update\n"
+            "reporting.PlainProgress.update = killing_update\n"
         )
     script += (
         "sys.argv = ['mnist'] + sys.argv[1:]\n"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -47,20 +48,81 @@ class Checkpoints:
         """The newest checkpoint for a message: its path, or that there is none."""
         return self.latest() or "none yet, the run starts afresh"
 
-    def restore(self) -> str | None:
-        """Restores the newest checkpoint, if any; returns its path. Every item must match."""
-        latest = self.latest()
-        if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
-        return latest
+    def restore(self, *, fresh: bool = False) -> str | None:
+        """Restores the newest intact checkpoint, if any; returns its path.
+
+        A damaged one (its .index or .data truncated or overwritten: a tensor that no longer
+        reads back with its checksum) is named in one line and passed over for the next
+        newest. Every item must match. ``fresh``: restore nothing.
+
+        Raises:
+          UsageError: there are checkpoints and none is intact (``--fresh`` starts afresh).
+        """
+        if fresh:
+            return None
+        damaged = []
+        for path in self._candidates():
+            reason = damage(path)
+            if reason is None:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+                return path
+            print(f"checkpoint {path} is damaged ({reason}); trying the one before it")
+            damaged.append(os.path.basename(path))
+        if damaged:
+            raise UsageError(
+                f"no intact checkpoint in {self.directory} ({', '.join(damaged)} damaged);"
+                " pass --fresh to delete them and start afresh"
+            )
+        return None
+
+    def _candidates(self) -> list[str]:
+        """The chief's checkpoint prefixes, newest first, from their files (not from the
+        ``checkpoint`` state file, which may itself be damaged or name a damaged one)."""
+        numbers = set()
+        for name in os.listdir(self.directory) if os.path.isdir(self.directory) else ():
+            match = re.fullmatch(r"ckpt-(\d+)\.(index|data-\d+-of-\d+)", name)
+            if match:
+                numbers.add(int(match.group(1)))
+        return [os.path.join(self.directory, f"ckpt-{n}") for n in sorted(numbers, reverse=True)]
 
     def save(self, number: int) -> None:
-        self.manager.save(checkpoint_number=number)
+        """Writes checkpoint ``number``; a failed write (full disk, no permission) is a
+        one-line UsageError. The previous checkpoints stay intact: a save writes new files
+        and only then names them in the ``checkpoint`` state file."""
+        try:
+            self.manager.save(checkpoint_number=number)
+        except (OSError, tf.errors.OpError) as error:
+            raise UsageError(
+                f"cannot write checkpoint {number} to {self.write_dir} ({_reason(error)}); "
+                f"the last one written ({self.describe_latest()}) is intact: free space or "
+                "fix permissions and run the same command again"
+            ) from None
 
     def close(self) -> None:
         """Removes a non-chief worker's temporary folder."""
         if self._temporary:
             shutil.rmtree(self.write_dir, ignore_errors=True)
+
+
+def damage(path: str) -> str | None:
+    """Why checkpoint ``path`` cannot be restored, or None if every tensor reads back.
+
+    Reading a tensor checks its crc32c, so this finds a truncated or overwritten .data file
+    as well as an unreadable .index.
+    """
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except (tf.errors.OpError, ValueError, IndexError, OSError) as error:
+        return _reason(error)
+    return None
+
+
+def _reason(error: Exception) -> str:
+    """An error's first line, without TensorFlow's trailing op context."""
+    text = getattr(error, "message", None) or getattr(error, "strerror", None) or str(error)
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
 def all_finite(variables) -> bool:

@@ -200,6 +200,11 @@ def is_default(strategy: tf.distribute.Strategy) -> bool:
     return type(strategy) is _DEFAULT_STRATEGY_TYPE
 
 
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """True under ``multi_worker``: one process per worker, whose collectives need them all."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """True for the worker that writes results: the only one, or the cluster's chief.
 

@@ -31,8 +31,12 @@ What holds:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import signal
+import sys
+import threading
 import time
 from typing import Protocol
 
@@ -46,6 +50,15 @@ from tfrnn.errors import UsageError
 
 class TrainingDiverged(UsageError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# The exit status of a run stopped by each signal: 128 + the signal's number, as a shell
+# reports a process the signal ended.
+STOP_SIGNALS = {signal.SIGTERM: 143, signal.SIGINT: 130}
+
+
+class Stopped(SystemExit):
+    """SIGTERM or SIGINT stopped the run after the call in progress and a checkpoint there."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,9 +155,12 @@ class Controller:
         chief: bool,
         verbose: bool,
         on_records=None,
+        stop_on_signals: bool = True,
     ):
         """``on_records(records)`` is called after each epoch and before a divergence stop,
-        with :attr:`log`'s records (e.g. to write metrics.json)."""
+        with :attr:`log`'s records (e.g. to write metrics.json). ``stop_on_signals``: SIGTERM
+        and SIGINT stop the run at a checkpoint (:meth:`train`); False under several workers,
+        where one worker's save alone would wait for the others' part of it forever."""
         self.steps, self.schedule, self.verbose = steps, schedule, verbose
         # Bookkeeping lives outside any strategy: plain variables updated from reduced values.
         self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
@@ -161,10 +177,13 @@ class Controller:
         )
         self.checkpoints = Checkpoints(workdir, items | steps.checkpoint_items(), chief=chief)
         self.on_records = on_records
+        self._stop_signal = None  # the signal that asked the run to stop, once one has
+        self._stop_on_signals = stop_on_signals
 
-    def restore(self) -> int:
-        """Restores the last checkpoint, if any; returns the global step to go on from."""
-        latest = self.checkpoints.restore()
+    def restore(self, *, fresh: bool = False) -> int:
+        """Restores the newest intact checkpoint (none if ``fresh``); returns the global step
+        to go on from."""
+        latest = self.checkpoints.restore(fresh=fresh)
         if latest:
             self.log.restored()
             if self.verbose:
@@ -176,21 +195,62 @@ class Controller:
         return int(self.global_step)
 
     def train(self) -> list[dict]:
-        """Trains the epochs left; returns every epoch's record."""
+        """Trains the epochs left; returns every epoch's record.
+
+        Raises:
+          Stopped: SIGTERM or SIGINT came; the run stopped after the call in progress, with a
+            checkpoint at the step it reached, so the same command goes on from there.
+        """
+        self._stop_signal = None
         try:
-            for epoch in range(int(self.epochs_done), self.schedule.num_epochs):
-                self._train_epoch(epoch)
+            with self._stop_requests():
+                for epoch in range(int(self.epochs_done), self.schedule.num_epochs):
+                    self._train_epoch(epoch)
+                    self._stop_if_requested()  # the epoch's end was just checkpointed
         finally:
             self.checkpoints.close()
         return self.log.records["epochs"]
+
+    @contextlib.contextmanager
+    def _stop_requests(self):
+        """SIGTERM and SIGINT set :attr:`_stop_signal`, read between calls, for the block."""
+        if not self._stop_on_signals or threading.current_thread() is not threading.main_thread():
+            yield  # Python delivers signals to the main thread only
+            return
+
+        def request_stop(signum, frame):
+            self._stop_signal = self._stop_signal or signal.Signals(signum)
+
+        previous = {number: signal.signal(number, request_stop) for number in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def _stop_if_requested(self) -> None:
+        """After a call or an epoch's end, both checkpointed: stops if a signal came."""
+        if self._stop_signal is None:
+            return
+        print(
+            f"stopped by {self._stop_signal.name} after step {int(self.global_step)}: "
+            f"checkpoint {self.checkpoints.describe_latest()} written; run the same command "
+            "to go on",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise Stopped(STOP_SIGNALS[self._stop_signal])
 
     def _train_epoch(self, epoch: int) -> None:
         epoch_steps = self.schedule.epoch_steps(epoch)
         step_in_epoch = int(self.global_step) - epoch * self.schedule.steps_per_epoch
         scale = self.steps.progress_scale
-        progress = progress_bar(epoch_steps * scale, self.steps.progress_names, self.verbose)
+        label = f"epoch {epoch + 1}/{self.schedule.num_epochs}"
+        progress = progress_bar(
+            epoch_steps * scale, self.steps.progress_names, self.verbose, label=label
+        )
         if self.verbose:
-            print(f"epoch {epoch + 1}/{self.schedule.num_epochs}", flush=True)
+            print(label, flush=True)
         self.steps.start_epoch(epoch, step_in_epoch)
         segment_start = time.perf_counter()
         while step_in_epoch < epoch_steps:
@@ -203,11 +263,15 @@ class Controller:
             if not math.isfinite(call.loss):
                 self._diverged(call.loss, epoch, step_in_epoch)
             self.log.add("steps", {"step": int(self.global_step), **call.point})
-            if step_in_epoch < epoch_steps and self._checkpoint_due():
+            # A stop lands on a call's end: calls end where Schedule.call_steps says from the
+            # global step alone, so the resumed run's calls, and records, are the same.
+            stopping = self._stop_signal is not None
+            if step_in_epoch < epoch_steps and (self._checkpoint_due() or stopping):
                 now = time.perf_counter()
                 self.epoch_seconds.assign_add(now - segment_start)
                 self._save()
                 segment_start = now
+                self._stop_if_requested()
         self._end_epoch(epoch, segment_start)
 
     def _checkpoint_due(self) -> bool:

@@ -10,28 +10,70 @@ plots); every worker keeps the records.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 
 import keras
 import tensorflow as tf
 from matplotlib import ticker
 from tensorflow.core.framework import summary_pb2
 
+from tfrnn.errors import UsageError
+
 
 def write_json_atomically(path: str, content) -> None:
     """Writes ``content`` as indented JSON to ``path``, all or nothing."""
-    # A SIGKILL mid-write must not leave a truncated file behind: write, then rename.
+    # A SIGKILL or a full disk mid-write must not leave a truncated file behind: write,
+    # then rename; a failed write removes its temporary file and leaves ``path`` as it was.
     temporary = path + ".tmp"
-    with open(temporary, "w") as handle:
-        json.dump(content, handle, indent=2)
-        handle.write("\n")
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w") as handle:
+            json.dump(content, handle, indent=2)
+            handle.write("\n")
+        os.replace(temporary, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise UsageError(
+            f"cannot write {path} ({error.strerror or error}); it is as it was before: free"
+            " space or fix permissions and run the same command again"
+        ) from None
 
 
-def progress_bar(steps: int, names: tuple[str, ...], verbose: bool) -> keras.utils.Progbar:
-    """A bar of ``steps`` steps showing the running values ``names`` (silent unless verbose)."""
+# Where stdout is not a terminal (a log file, a pipe, a batch scheduler), one plain line every
+# this many progress units (steps; windows for echo) and at the epoch's end.
+PLAIN_LOG_EVERY = 100
+
+
+def progress_bar(steps: int, names: tuple[str, ...], verbose: bool, *, label: str = ""):
+    """Progress through an epoch of ``steps`` units showing the running values ``names``.
+
+    On a terminal, Keras's live bar; otherwise :class:`PlainProgress` (a log gets lines, not
+    bar redraws full of carriage returns and escape codes). Silent unless ``verbose``.
+    ``label`` starts each plain line (e.g. ``epoch 2/11``).
+    """
+    if verbose and not sys.stdout.isatty():
+        return PlainProgress(steps, names, label)
     return keras.utils.Progbar(steps, stateful_metrics=list(names), verbose=1 if verbose else 0)
+
+
+class PlainProgress:
+    """Keras Progbar's ``update(current, values)``, printed as one plain line each time
+    ``current`` passes a multiple of :data:`PLAIN_LOG_EVERY` and when it reaches ``target``."""
+
+    def __init__(self, target: int, names: tuple[str, ...], label: str = ""):
+        self.target, self.names, self.label = target, names, label
+        self._printed = 0
+
+    def update(self, current: int, values=None) -> None:
+        if current // PLAIN_LOG_EVERY == self._printed // PLAIN_LOG_EVERY and current < self.target:
+            return
+        self._printed = current
+        shown = " ".join(f"{name} {float(value):.4f}" for name, value in values or ())
+        prefix = f"{self.label} " if self.label else ""
+        print(f"{prefix}{current}/{self.target} {shown}".rstrip(), flush=True)
 
 
 # TensorBoard's scalar plugin metadata, written by hand: tf.summary.scalar needs the

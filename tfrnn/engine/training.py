@@ -51,6 +51,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrnn.engine import distribute
+from tfrnn.engine import workdir as workdir_lib
 from tfrnn.engine.checkpoints import check_same_config, check_workers_agree
 from tfrnn.engine.loop import Call, Controller, Schedule
 from tfrnn.engine.reporting import curves_figure, save_figure
@@ -334,6 +335,7 @@ def fit(
     shards: int | None = None,
     verbose: bool = True,
     title: str = "",
+    fresh: bool = False,
 ) -> Result:
     """Trains ``task``, resuming from ``workdir``'s last checkpoint if there is one.
 
@@ -351,6 +353,8 @@ def fit(
         side; None: :func:`batch_shards`.
       verbose: a progress bar during each epoch and one summary line after it.
       title: a title for the curves plot.
+      fresh: discard ``workdir``'s checkpoints and config.json and start from step 0.
+        The caller holds ``workdir``'s lock (:func:`tfrnn.engine.workdir.hold`).
 
     Returns:
       :class:`Result` with the trained model and the per-epoch records.
@@ -365,6 +369,8 @@ def fit(
     distribute.per_replica_batch_size(strategy, task.global_batch_size)
     chief = distribute.is_chief(strategy)
     os.makedirs(workdir, exist_ok=True)
+    if fresh and chief:
+        workdir_lib.discard_run(workdir)
     check_same_config(workdir, config, write=chief)
     steps = ClassifierSteps(task, strategy, jit_compile=jit_compile, shards=shards)
     controller = Controller(
@@ -372,12 +378,13 @@ def fit(
         schedule,
         workdir,
         chief=chief,
+        stop_on_signals=not distribute.is_multi_worker(strategy),
         verbose=verbose,
         on_records=lambda records: controller.log.write_json(
             "metrics.json", {"config": config, **records}
         ),
     )
-    resumed_from_step = controller.restore()
+    resumed_from_step = controller.restore(fresh=fresh)
     check_workers_agree(strategy, controller.global_step)
     history = controller.train()
     if chief and history:

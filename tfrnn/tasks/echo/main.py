@@ -19,6 +19,7 @@ import os
 from absl import flags
 
 from tfrnn.engine import distribute
+from tfrnn.engine import workdir as workdir_lib
 from tfrnn.errors import UsageError
 from tfrnn.tasks.echo import config as echo_config
 from tfrnn.tasks.echo import train as echo_train
@@ -88,6 +89,8 @@ def define_flags() -> None:
     )
     distribute.define_flags(flags)
     flags.adopt_module_key_flags(distribute)  # --help lists --strategy and --cpu_replicas
+    workdir_lib.define_flags(flags)
+    flags.adopt_module_key_flags(workdir_lib)
     flags.DEFINE_string(
         "styles_dir", None, "Where --suite styles writes its table and plots. Default: --workdir."
     )
@@ -121,7 +124,9 @@ def main(argv):
     )
     with distribute.lost_workers_as_usage_errors():
         if FLAGS.suite == "canonical":
-            echo_train.run_canonical(config, workdir, epochs=FLAGS.epochs, strategy=strategy)
+            echo_train.run_canonical(
+                config, workdir, epochs=FLAGS.epochs, strategy=strategy, fresh=FLAGS.fresh
+            )
         elif FLAGS.suite == "styles":
             echo_train.run_styles(
                 config,
@@ -129,6 +134,7 @@ def main(argv):
                 FLAGS.styles_dir or workdir,
                 epochs=FLAGS.epochs,
                 strategy=strategy,
+                fresh=FLAGS.fresh,
             )
         else:
             echo_train.train_and_evaluate(
@@ -136,4 +142,5 @@ def main(argv):
                 workdir,
                 strategy=strategy,
                 checkpoint_every=FLAGS.checkpoint_every,
+                fresh=FLAGS.fresh,
             )

@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from tfrnn.data.echo import expected_losses
 from tfrnn.engine import distribute
+from tfrnn.engine import workdir as workdir_lib
 from tfrnn.engine.checkpoints import check_same_config, check_workers_agree
 from tfrnn.engine.loop import Controller, Schedule, seed_and_make_deterministic
 from tfrnn.engine.reporting import save_figure, write_json_atomically
@@ -50,6 +51,7 @@ def train_and_evaluate(
     verbose: int = 1,
     strategy: tf.distribute.Strategy | None = None,
     checkpoint_every: int = CHECKPOINT_EVERY,
+    fresh: bool = False,
 ) -> dict:
     """Trains one configuration, resuming from ``workdir``'s last checkpoint, and writes its
     results there.
@@ -57,7 +59,9 @@ def train_and_evaluate(
     Returns the metrics also written to ``workdir/metrics.json`` (:func:`run_metrics`).
     ``checkpoint_every``: windows between checkpoints inside an epoch, a multiple of
     :data:`tfrnn.tasks.echo.config.REPORT_EVERY`. Under ``strategy`` the batch must split
-    evenly over its replicas; on a worker other than the chief nothing is written.
+    evenly over its replicas; on a worker other than the chief nothing is written. The chief
+    holds ``workdir``'s lock throughout (:func:`tfrnn.engine.workdir.hold`); ``fresh``: start
+    from step 0, discarding the workdir's checkpoints.
     """
     check_config(config)
     if checkpoint_every <= 0 or checkpoint_every % REPORT_EVERY:
@@ -68,7 +72,15 @@ def train_and_evaluate(
     strategy = strategy or tf.distribute.get_strategy()
     distribute.per_replica_batch_size(strategy, config.batch_size)
     chief = distribute.is_chief(strategy)
-    os.makedirs(workdir, exist_ok=True)
+    with workdir_lib.hold(workdir, chief=chief):
+        return _train_and_write(config, workdir, verbose, strategy, checkpoint_every, fresh)
+
+
+def _train_and_write(config, workdir, verbose, strategy, checkpoint_every, fresh) -> dict:
+    """:func:`train_and_evaluate`'s run, under the workdir's lock."""
+    chief = distribute.is_chief(strategy)
+    if fresh and chief:
+        workdir_lib.discard_run(workdir)
     check_same_config(workdir, {"task": "echo", **dataclasses.asdict(config)}, write=chief)
     seed_and_make_deterministic(config.seed)
     steps = EchoSteps(config, strategy)
@@ -79,12 +91,13 @@ def train_and_evaluate(
         schedule,
         workdir,
         chief=chief,
+        stop_on_signals=not distribute.is_multi_worker(strategy),
         verbose=bool(verbose),
         on_records=lambda records: controller.log.write_json(
             "metrics.json", run_metrics(config, records)
         ),
     )
-    controller.restore()
+    controller.restore(fresh=fresh)
     check_workers_agree(strategy, controller.global_step)
     controller.train()
     metrics = run_metrics(config, controller.log.records)
@@ -215,11 +228,13 @@ def format_table(records: list[dict]) -> str:
     return "\n".join([header, *rows])
 
 
-def _run_all(configs, root, *, verbose, strategy):
+def _run_all(configs, root, *, verbose, strategy, fresh=False):
     records, runs = [], {}
     for config in configs:
         workdir = os.path.join(root, config.name)
-        metrics = train_and_evaluate(config, workdir, verbose=verbose, strategy=strategy)
+        metrics = train_and_evaluate(
+            config, workdir, verbose=verbose, strategy=strategy, fresh=fresh
+        )
         records.append(_summary_record(config, metrics))
         runs[config.name] = metrics
     return records, runs
@@ -231,7 +246,13 @@ CANONICAL = ((5, 4, 2), (10, 16, 10))
 
 
 def run_canonical(
-    base: EchoConfig, root: str, *, epochs: int | None = None, verbose=1, strategy=None
+    base: EchoConfig,
+    root: str,
+    *,
+    epochs: int | None = None,
+    verbose=1,
+    strategy=None,
+    fresh: bool = False,
 ):
     """Runs (5, 4) and (10, 16) (each run's files in ``root/<config>``), prints the table,
     writes summary.json and summary.png to ``root``.
@@ -247,7 +268,7 @@ def run_canonical(
         )
         for num_steps, state_size, default in CANONICAL
     ]
-    records, runs = _run_all(configs, root, verbose=verbose, strategy=strategy)
+    records, runs = _run_all(configs, root, verbose=verbose, strategy=strategy, fresh=fresh)
     if not distribute.is_chief(strategy or tf.distribute.get_strategy()):
         return records
     write_json_atomically(os.path.join(root, "summary.json"), records)
@@ -274,6 +295,7 @@ def run_styles(
     epochs: int | None = None,
     verbose=1,
     strategy=None,
+    fresh: bool = False,
 ):
     """TF-style with n and 2n steps against true truncated BPTT with n, for n in ``steps``.
 
@@ -301,7 +323,11 @@ def run_styles(
                 dataclasses.replace(base, state_size=state_size, num_steps=n, mode="true"),
             ]
         state_records, runs = _run_all(
-            [check_config(c) for c in configs], root, verbose=verbose, strategy=strategy
+            [check_config(c) for c in configs],
+            root,
+            verbose=verbose,
+            strategy=strategy,
+            fresh=fresh,
         )
         records += state_records
         if not chief:

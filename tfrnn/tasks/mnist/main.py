@@ -21,6 +21,7 @@ import typing
 from absl import flags, logging
 
 from tfrnn.engine import distribute
+from tfrnn.engine import workdir as workdir_lib
 from tfrnn.errors import UsageError
 from tfrnn.tasks.mnist import config as mnist_config
 from tfrnn.tasks.mnist import train as mnist_train
@@ -41,6 +42,8 @@ def define_flags() -> None:
     )
     distribute.define_flags(flags)
     flags.adopt_module_key_flags(distribute)  # --help lists --strategy and --cpu_replicas
+    workdir_lib.define_flags(flags)
+    flags.adopt_module_key_flags(workdir_lib)
     _define_config_flags()
 
 
@@ -85,4 +88,5 @@ def main(argv):
             strategy=strategy,
             checkpoint_every=FLAGS.checkpoint_every,
             title=title,
+            fresh=FLAGS.fresh,
         )

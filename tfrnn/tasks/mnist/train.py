@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from tfrnn.data import mnist as mnist_data
 from tfrnn.engine import distribute, training
+from tfrnn.engine import workdir as workdir_lib
 from tfrnn.engine.loop import seed_and_make_deterministic
 from tfrnn.errors import UsageError
 from tfrnn.serving import export
@@ -26,6 +27,7 @@ def train_and_evaluate(
     checkpoint_every: int = 200,
     verbose: bool = True,
     title: str = "",
+    fresh: bool = False,
 ) -> training.Result:
     """Trains on ``config``'s data, resuming from ``workdir``, then saves and exports the model.
 
@@ -39,6 +41,8 @@ def train_and_evaluate(
     ``final.json`` with the final test
     accuracy on all test images and on the first 128 (tutorial C2's measure). Under a
     multi-worker ``strategy`` only the chief writes these (see :mod:`tfrnn.engine.distribute`).
+    The chief holds ``workdir``'s lock throughout (:func:`tfrnn.engine.workdir.hold`);
+    ``fresh``: start from step 0, discarding the workdir's checkpoints.
     """
     validate(config)
     if config.data_dir:
@@ -72,19 +76,22 @@ def train_and_evaluate(
             f"({steps_per_epoch} a full epoch)",
             flush=True,
         )
-    result = training.fit(
-        task,
-        workdir,
-        # What the data is, so that a resume may read the same files from another folder.
-        {"task": "mnist"} | dataclasses.asdict(config) | {"data_fingerprint": data.fingerprint},
-        strategy=strategy,
-        checkpoint_every=checkpoint_every,
-        jit_compile=config.jit_compile,
-        verbose=verbose,
-        title=title,
-    )
-    if distribute.is_chief(strategy or tf.distribute.get_strategy()):
-        _save_export_and_evaluate(result.model, data, workdir, verbose)
+    chief = distribute.is_chief(strategy or tf.distribute.get_strategy())
+    with workdir_lib.hold(workdir, chief=chief):
+        result = training.fit(
+            task,
+            workdir,
+            # What the data is, so that a resume may read the same files from another folder.
+            {"task": "mnist"} | dataclasses.asdict(config) | {"data_fingerprint": data.fingerprint},
+            strategy=strategy,
+            checkpoint_every=checkpoint_every,
+            jit_compile=config.jit_compile,
+            verbose=verbose,
+            title=title,
+            fresh=fresh,
+        )
+        if chief:
+            _save_export_and_evaluate(result.model, data, workdir, verbose)
     return result  # on other workers: the chief saves, exports and evaluates the same weights
 
 
