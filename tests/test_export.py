@@ -3,6 +3,8 @@
 import json
 import os
 import re
+import resource
+import signal
 import subprocess
 import sys
 
@@ -408,3 +410,29 @@ def test_the_task_recorded_in_config_json_chooses_the_export(mnist, tmp_path):
     with pytest.raises(UsageError, match=f"^{path} is not JSON: "):
         export.export_workdir(workdir, str(tmp_path / "models"))
     assert not (tmp_path / "models").exists()
+
+
+def test_a_full_disk_while_exporting_is_one_line_and_nothing_half_written(mnist, tmp_path):
+    _, workdir, _, _ = mnist
+    export_dir = tmp_path / "models"
+    export.export_workdir(workdir, str(export_dir))
+    before = sorted(str(path.relative_to(export_dir)) for path in export_dir.rglob("*"))
+    # Writes past 64 bytes fail with EFBIG, as on a full disk (the kernel's per-process file
+    # size limit binds root too, where a read-only folder would not).
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    previous_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, previous_limit[1]))
+    try:
+        with pytest.raises(UsageError) as error:
+            export.export_workdir(workdir, str(export_dir))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, previous_limit)
+        signal.signal(signal.SIGXFSZ, previous_handler)
+    message = str(error.value)
+    assert "\n" not in message
+    assert (
+        message.startswith(f"cannot write version 2 to {export_dir} (") and "too large" in message
+    )
+    # Version 1 and its files are as they were; no version 2, no staging folder left.
+    assert sorted(str(path.relative_to(export_dir)) for path in export_dir.rglob("*")) == before
+    assert export.versions(str(export_dir)) == [1]

@@ -146,7 +146,10 @@ def _write_checked(spec: ServingSpec, model: keras.Model, staging: str) -> tuple
     declare (:func:`tfrnn.serving.tf_serving.signatures`), and per signature the spec's
     example request and the outputs TF Serving's path gives it.
     """
-    spec.archive(model).write_out(staging, verbose=False)
+    try:
+        spec.archive(model).write_out(staging, verbose=False)
+    except tf.errors.OpError as error:  # TensorFlow's own writes: the variables
+        raise OSError(error.message.splitlines()[0]) from error
     tf_serving.check_portable(staging)
     described = tf_serving.signatures(staging)
     examples = spec.example_inputs(described)
@@ -163,6 +166,14 @@ def _write_checked(spec: ServingSpec, model: keras.Model, staging: str) -> tuple
                 err_msg=f"export self-check: {signature} output {name} differs from Keras",
             )
     return described, examples, answers
+
+
+def _write_failure(error: OSError) -> str:
+    """What went wrong, in a few words: "File too large", not TensorFlow's temporary paths."""
+    if error.strerror:
+        return error.strerror
+    # "<op>: <temporary file>; File too large [Op:SaveV2]" -> "File too large"
+    return str(error).rsplit("; ", 1)[-1].split(" [Op:")[0]
 
 
 def export_workdir(workdir: str, export_dir: str, version: int | None = None) -> dict:
@@ -195,8 +206,28 @@ def export_workdir(workdir: str, export_dir: str, version: int | None = None) ->
         described, examples, answers = _write_checked(spec, model, staging)
         _make_readable(staging)
         os.rename(staging, version_dir)
+    except OSError as error:  # a full disk, a quota, a folder made read-only meanwhile
+        raise UsageError(
+            f"cannot write version {version} to {export_dir} ({_write_failure(error)}); nothing"
+            " was put in place, the versions there are as they were"
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    try:
+        return _describe_version(
+            spec, config, workdir, export_dir, version, described, examples, answers
+        )
+    except OSError as error:
+        raise UsageError(
+            f"version {version} is in place in {export_dir} and servable, but its description"
+            f" files could not be written ({_write_failure(error)})"
+        ) from None
+
+
+def _describe_version(spec, config, workdir, export_dir, version, described, examples, answers):
+    """Writes ``<version>.json`` and the REST request files beside the version; returns the
+    description (see :func:`export_workdir`)."""
+    version_dir = os.path.join(export_dir, str(version))
     description = {
         "model": spec.task,
         "task": spec.task,
