@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
+from tfrnn.data import mnist as mnist_data
 from tfrnn.engine import distribute
 
 CPU_REPLICAS = 2
@@ -37,3 +38,12 @@ def echo_command():
         echo_main.define_flags()
     yield echo_main
     flags.FLAGS.unparse_flags()
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A folder of tiny MNIST IDX files (.gz): 96 training and 40 test images that a model
+    can learn (``write_synthetic_idx``), for the tests that run the MNIST command."""
+    folder = tmp_path_factory.mktemp("idx")
+    mnist_data.write_synthetic_idx(str(folder), 96, 40, compress=True)
+    return str(folder)

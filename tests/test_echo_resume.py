@@ -10,15 +10,13 @@ same way.
 """
 
 import json
-import os
 import pathlib
 import signal
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import tensorflow as tf
+from command_testing import run_command
 
 from tfrnn.tasks.echo import train as echo_train
 from tfrnn.tasks.echo.config import EchoConfig
@@ -31,35 +29,9 @@ WALL_CLOCK = ("epoch_seconds", "seconds_per_epoch")
 
 
 def _run(workdir, kill_at_progress_update=None):
-    """The echo command in a subprocess; optionally SIGKILLs itself at the N-th step."""
-    script = "import runpy, sys\n"
-    if kill_at_progress_update:
-        # The progress is updated once per training step, right after it; stdout is a pipe,
-        # so that is the plain log's PlainProgress.
-        script += (
-            "import os, signal\n"
-            "from tfrnn.engine import reporting\n"
-            "update, calls = reporting.PlainProgress.update, []\n"
-            "def killing_update(self, *args, **kwargs):\n"
-            "    calls.append(1)\n"
-            f"    if len(calls) == {kill_at_progress_update}:\n"
-            "        os.kill(os.getpid(), signal.SIGKILL)\n"
-            "    return update(self, *args, **kwargs)\n"
-            "reporting.PlainProgress.update = killing_update\n"
-        )
-    script += (
-        "sys.argv = ['echo_deps'] + sys.argv[1:]\n"
-        "runpy.run_module('tfrnn.experiments.echo_deps', run_name='__main__')\n"
-    )
+    """The echo command in a subprocess; optionally SIGKILLed right after the N-th step."""
     arguments = [*FLAGS, f"--checkpoint_every={CHECKPOINT_EVERY}", f"--workdir={workdir}"]
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(
-        [sys.executable, "-c", script, *arguments],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    return run_command("echo_deps", arguments, at_update=kill_at_progress_update, timeout=120)
 
 
 def _without_wall_clock(metrics):

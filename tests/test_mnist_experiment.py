@@ -13,18 +13,16 @@ import pathlib
 import re
 import shutil
 import signal
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from command_testing import run_command, tiny_mnist_config, trained_in_process
 
 from tfrnn import cli
 from tfrnn.data import mnist as mnist_data
 from tfrnn.errors import UsageError
-from tfrnn.tasks.mnist import config as mnist_config
 from tfrnn.tasks.mnist import train as mnist_train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -32,26 +30,14 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 FLAGS = ["--units", "8", "--batch_size", "16", "--epochs", "3", "--checkpoint_every", "4"]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("idx")
-    mnist_data.write_synthetic_idx(str(folder), 96, 40, compress=True)
-    return str(folder)
-
-
 def _config(data_dir):
-    return dataclasses.replace(
-        mnist_config.Config(), data_dir=data_dir, units=8, batch_size=16, epochs=3
-    )
+    return tiny_mnist_config(data_dir, batch_size=16, epochs=3)
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(data_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    mnist_train.train_and_evaluate(
-        _config(data_dir), str(workdir), checkpoint_every=4, verbose=False
-    )
-    return workdir
+    return trained_in_process(_config(data_dir), workdir, checkpoint_every=4)
 
 
 def _metrics(workdir):
@@ -94,34 +80,8 @@ def _command(data_dir, workdir):
 
 
 def _run(args, kill_at_progress_update=None):
-    """Runs the experiment in a subprocess; optionally SIGKILLs itself at the N-th step."""
-    script = "import runpy, sys\n"
-    if kill_at_progress_update:
-        # The progress is updated once per training step, right after it; stdout is a pipe,
-        # so that is the plain log's PlainProgress.
-        script += (
-            "import os, signal\n"
-            "from tfrnn.engine import reporting\n"
-            "update, calls = reporting.PlainProgress.update, []\n"
-            "def killing_update(self, *args, **kwargs):\n"
-            "    calls.append(1)\n"
-            f"    if len(calls) == {kill_at_progress_update}:\n"
-            "        os.kill(os.getpid(), signal.SIGKILL)\n"
-            "    return update(self, *args, **kwargs)\n"
-            "reporting.PlainProgress.update = killing_update\n"
-        )
-    script += (
-        "sys.argv = ['mnist'] + sys.argv[1:]\n"
-        "runpy.run_module('tfrnn.experiments.mnist', run_name='__main__')\n"
-    )
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(
-        [sys.executable, "-c", script, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=240,
-    )
+    """Runs the experiment in a subprocess; optionally SIGKILLed right after the N-th step."""
+    return run_command("mnist", args, at_update=kill_at_progress_update)
 
 
 def test_sigkill_mid_epoch_then_same_command_ends_like_a_run_never_stopped(

@@ -9,7 +9,6 @@ epoch, calls of at most 20 steps), echo on a 400,000-step series (two runs of 10
 epoch).
 """
 
-import dataclasses
 import json
 import os
 import pathlib
@@ -20,15 +19,13 @@ import subprocess
 import sys
 
 import keras
-import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
+from command_testing import run_command, tiny_mnist_config, trained_in_process
 
-from tfrnn.data import mnist as mnist_data
 from tfrnn.engine import checkpoints, reporting, workdir
 from tfrnn.errors import UsageError
-from tfrnn.tasks.mnist import config as mnist_config
 from tfrnn.tasks.mnist import train as mnist_train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -38,64 +35,14 @@ ECHO_FLAGS = ["--num_steps=10", "--state_size=16", "--epochs=2", "--series_lengt
 WALL_CLOCK = ("seconds", "epoch_seconds", "seconds_per_epoch")
 
 
-def _run(module, args, at_update=None, action=""):
-    """``python -m tfrnn.experiments.<module> args``; runs ``action`` (Python, in the child)
-    right after the ``at_update``-th progress update, i.e. after that training step (stdout
-    is a pipe: the progress is the plain log's)."""
-    script = "import runpy, sys\n"
-    if at_update:
-        script += (
-            "import os, signal, resource\n"
-            "from tfrnn.engine import reporting\n"
-            "update, calls = reporting.PlainProgress.update, []\n"
-            "def hooked(self, *args, **kwargs):\n"
-            "    calls.append(1)\n"
-            f"    if len(calls) == {at_update}:\n"
-            f"        {action}\n"
-            "    return update(self, *args, **kwargs)\n"
-            "reporting.PlainProgress.update = hooked\n"
-        )
-    script += (
-        f"sys.argv = ['{module}'] + sys.argv[1:]\n"
-        f"runpy.run_module('tfrnn.experiments.{module}', run_name='__main__')\n"
-    )
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(
-        [sys.executable, "-c", script, *args],
-        capture_output=True,  # stdout is a pipe, not a terminal: the plain log
-        text=True,
-        env=env,
-        timeout=240,
-    )
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("idx")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 96), ("test", 40)):
-        labels = rng.integers(0, 10, size=count)
-        images = rng.integers(0, 100, size=(count, 28, 28))
-        images[np.arange(count), 2 * labels + 4, :] = 255  # a learnable signal
-        images_name, labels_name = mnist_data.IDX_FILES[split]
-        mnist_data.write_idx(str(folder / (images_name + ".gz")), images)
-        mnist_data.write_idx(str(folder / labels_name), labels)
-    return str(folder)
-
-
 def _mnist_config(data_dir):
-    return dataclasses.replace(
-        mnist_config.Config(), data_dir=data_dir, units=8, batch_size=4, epochs=2
-    )
+    return tiny_mnist_config(data_dir, batch_size=4, epochs=2)
 
 
 @pytest.fixture(scope="module")
 def mnist_uninterrupted(data_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("mnist_uninterrupted")
-    mnist_train.train_and_evaluate(
-        _mnist_config(data_dir), str(workdir), checkpoint_every=100, verbose=False
-    )
-    return workdir
+    return trained_in_process(_mnist_config(data_dir), workdir, checkpoint_every=100)
 
 
 def _mnist_args(data_dir, workdir, *extra):
@@ -123,7 +70,7 @@ def test_sigterm_stops_mnist_at_the_step_reached_and_the_same_command_ends_the_s
 ):
     # SIGTERM during the first call (steps 1-20): the call ends at step 20, checkpointed
     # there though no checkpoint was due (every 100 steps, and at 24).
-    stopped = _run(
+    stopped = run_command(
         "mnist",
         _mnist_args(data_dir, tmp_path),
         at_update=5,
@@ -134,7 +81,7 @@ def test_sigterm_stops_mnist_at_the_step_reached_and_the_same_command_ends_the_s
     assert _latest(tmp_path) == "ckpt-20"
     assert not (tmp_path / "model.keras").exists()
 
-    resumed = _run("mnist", _mnist_args(data_dir, tmp_path))
+    resumed = run_command("mnist", _mnist_args(data_dir, tmp_path))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "(step 20, 0 epochs done)" in resumed.stdout
     assert _metrics(tmp_path) == _metrics(mnist_uninterrupted)
@@ -152,17 +99,21 @@ def test_sigterm_stops_mnist_at_the_step_reached_and_the_same_command_ends_the_s
 def test_sigint_stops_echo_mid_epoch_and_the_same_command_ends_the_same(tmp_path):
     # The reference is the command too: in this process (the CPU split in two by conftest,
     # other tests' XLA programs) the last float digits of a step can differ from a fresh one.
-    uninterrupted = _run("echo_deps", [*ECHO_FLAGS, f"--workdir={tmp_path / 'uninterrupted'}"])
+    uninterrupted = run_command(
+        "echo_deps", [*ECHO_FLAGS, f"--workdir={tmp_path / 'uninterrupted'}"]
+    )
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
     workdir = tmp_path / "stopped"
     args = [*ECHO_FLAGS, f"--workdir={workdir}"]
     # SIGINT (Ctrl-C) after the first run of 100 windows: checkpoint 1, mid-epoch.
-    stopped = _run("echo_deps", args, at_update=1, action="os.kill(os.getpid(), signal.SIGINT)")
+    stopped = run_command(
+        "echo_deps", args, at_update=1, action="os.kill(os.getpid(), signal.SIGINT)"
+    )
     assert stopped.returncode == 130, stopped.stderr[-2000:]
     assert stopped.stderr.splitlines()[-1].startswith("stopped by SIGINT after step 1: ")
     assert _latest(workdir) == "ckpt-1"
 
-    resumed = _run("echo_deps", args)
+    resumed = run_command("echo_deps", args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "(step 1, 0 epochs done)" in resumed.stdout
     assert _metrics(workdir) == _metrics(tmp_path / "uninterrupted")
@@ -175,7 +126,7 @@ def test_a_workdir_in_use_is_refused_naming_its_pid_and_a_killed_runs_lock_taken
     data_dir, tmp_path, capsys
 ):
     with workdir.hold(str(tmp_path)):  # this process is the run in progress
-        second = _run("mnist", _mnist_args(data_dir, tmp_path))
+        second = run_command("mnist", _mnist_args(data_dir, tmp_path))
     assert second.returncode == 2
     assert second.stderr.splitlines()[-1] == (
         f"error: {tmp_path} is in use by PID {os.getpid()} (it holds {tmp_path / 'lock'}); wait"
@@ -270,7 +221,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_the_last_checkpoint_sta
 ):
     args = _mnist_args(data_dir, tmp_path, "--checkpoint_every=10")
     # The disk fills during the call of steps 11-20: checkpoint 20 cannot be written.
-    failed = _run("mnist", args, at_update=11, action=FULL_DISK)
+    failed = run_command("mnist", args, at_update=11, action=FULL_DISK)
     assert failed.returncode == 2, failed.stderr[-2000:]
     last = failed.stderr.splitlines()[-1]
     assert last.startswith(f"error: cannot write checkpoint 20 to {tmp_path}/checkpoints (")
