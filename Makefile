@@ -43,9 +43,12 @@ mnist: $(VENV)/.installed
 	$(PY) -m tfrnn.experiments.mnist $(if $(findstring --preset,$(MNIST_FLAGS)),,--epochs 11) $(if $(MNIST_DATA),--data_dir $(MNIST_DATA)) $(MNIST_FLAGS)
 
 # Training and serving speed, side by side with PyTorch when TORCH_PYTHON names a Python with
-# torch (else that column is skipped); table + runs/bench/results.json. BENCH_FLAGS="--rounds 5".
+# torch, and with the tutorials' TF1 programs when TF1_PYTHON names one with tensorflow and
+# tf_keras (else those columns are skipped); table + runs/bench/results.json. The presets train
+# on MNIST_DATA's IDX files when that folder exists, else on a synthetic set of MNIST's size.
+# BENCH_FLAGS="--rounds 5".
 bench: $(VENV)/.installed
-	$(PY) -m tfrnn.bench $(BENCH_FLAGS)
+	$(PY) -m tfrnn.bench $(if $(MNIST_DATA),--mnist_dir $(MNIST_DATA)) $(BENCH_FLAGS)
 
 # The tutorials' notebooks run in full, their outputs rewritten in place (about 20 minutes on
 # 2 CPU cores); `make test` runs them in quick mode (tests/test_tutorials.py).

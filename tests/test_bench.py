@@ -1,25 +1,32 @@
-"""Tests of ``make bench`` (tfrnn.bench) and of its PyTorch peer's torch-free parts.
+"""Tests of ``make bench`` (tfrnn.bench), of its PyTorch peer's torch-free parts and of its
+TF1 peer.
 
-The driver runs on tiny shapes. The PyTorch peer is replaced by a stand-in interpreter (a
-shell script) that prints fixed figures and the arguments it was given: torch is never
-installed in the project's environment, and what is tested here is the driver's side:
-which runs alternate, what shapes the peer is asked for, and the records and ratios.
+The driver runs on tiny shapes. The peers are replaced by stand-in interpreters (shell
+scripts) that print fixed figures and the arguments they were given: torch is never
+installed in the project's environment, and what is tested there is the driver's side:
+which runs alternate, what shapes the peers are asked for, and the records and ratios. The
+TF1 peer itself runs for real once, on tiny IDX files, with this interpreter (the
+development environment has tensorflow and tf_keras).
 """
 
 import json
 import os
 import stat
+import sys
 
 import numpy as np
 import pytest
 
 from tfrnn.bench import suite as bench
 from tfrnn.bench import torch_peer as bench_torch
+from tfrnn.data import mnist as mnist_data
 from tfrnn.data.echo import epoch_windows
 from tfrnn.errors import UsageError
 
 PEER_IMAGES_PER_SECOND = 1000.0
 PEER_EPOCH_SECONDS = 2.0
+TF1_EPOCH_SECONDS = [30.0, 20.0]  # a preset's first epoch, then its second
+TF1_ECHO_SECONDS = 4.0
 
 
 def _interpreter(tmp_path, body: str) -> str:
@@ -42,6 +49,30 @@ def fake_peer(tmp_path):
         "esac\n",
     )
     return interpreter, calls
+
+
+@pytest.fixture
+def fake_tf1_peer(tmp_path):
+    """(interpreter standing in for TF1_PYTHON, file of each call's arguments)."""
+    calls = tmp_path / "tf1_calls.txt"
+    path = tmp_path / "fake_tf1_python"
+    path.write_text(
+        f'#!/bin/sh\nshift\necho "$*" >> {calls}\ncase "$1" in\n'
+        f"  mnist-epochs) echo '{{\"epoch_seconds\": {TF1_EPOCH_SECONDS}}}';;\n"
+        f"  echo) echo 'average loss lines first'; "
+        f"echo '{{\"seconds\": {TF1_ECHO_SECONDS}}}';;\n"
+        "esac\n"
+    )
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path), calls
+
+
+@pytest.fixture(scope="module")
+def tiny_mnist(tmp_path_factory):
+    """IDX files with 256 training images left after the presets' 5,000 held out."""
+    folder = tmp_path_factory.mktemp("tiny_mnist")
+    mnist_data.write_synthetic_idx(str(folder), 5256, 100)
+    return str(folder)
 
 
 def test_ratio_is_above_one_when_tfrnn_is_ahead():
@@ -113,13 +144,14 @@ def test_without_torch_python_the_column_is_skipped(tmp_path):
     )
     lines = []
     records = bench.run(options, None, log=lines.append)
-    assert lines[0] == bench.SKIP_LINE
+    assert lines[:2] == [bench.SKIP_LINE, bench.TF1_SKIP_LINE]
     assert {(r["workload"], r["metric"]) for r in records} == {
         ("serving, batch 1", "latency ms (median)"),
         ("serving, batch 1", "latency ms (p99)"),
         ("serving, batch 256", "images/s"),
     }
     assert all(r["torch"] is None and r["ratio"] is None for r in records)
+    assert all(r["tf1"] is None and r["tf1_ratio"] is None for r in records)
     median, p99 = (r["tfrnn"] for r in records[:2])
     assert 0 < median <= p99
     assert os.path.exists(tmp_path / "results.json")
@@ -130,7 +162,9 @@ def test_a_peer_without_torch_is_a_one_line_error(tmp_path):
         tmp_path, "echo \"ModuleNotFoundError: No module named 'torch'\" >&2\nexit 1\n"
     )
     with pytest.raises(UsageError, match="No module named 'torch'.*TORCH_PYTHON must name"):
-        bench.run_peer(broken, ["echo"])
+        bench.run_peer(bench.torch_peer(broken), ["echo"])
+    with pytest.raises(UsageError, match="TF1 peer failed.*TF1_PYTHON must name.*tf_keras"):
+        bench.run_peer(bench.tf1_peer(broken), ["echo"])
 
 
 def test_peer_defaults_are_the_reference_shapes():
@@ -206,3 +240,118 @@ def test_other_mnist_paths_run_once_and_records_follow_the_options(
     assert records[2]["tfrnn_runs"] == [1.5, 4.0] and records[3]["tfrnn_runs"] == [1.0, 1.0]
     assert records[2]["torch_runs"] == [PEER_EPOCH_SECONDS] * 2 and len(records) == 10
     assert all(len(r["load_1min"]) == len(r["tfrnn_runs"]) for r in records)
+
+
+def test_presets_and_echo_alternate_with_the_tf1_peer(
+    tmp_path, fake_peer, fake_tf1_peer, monkeypatch, tiny_mnist
+):
+    # Stand-in tfrnn measurements: what is tested is the order of runs, the arguments the
+    # TF1 peer gets and the records.
+    measured = []
+
+    def preset_seconds(options, preset, data_dir):
+        measured.append((preset, data_dir))
+        return 5.0 * len(measured), 50.0
+
+    monkeypatch.setattr(bench, "preset_epoch_seconds", preset_seconds)
+    monkeypatch.setattr(bench, "echo_epoch_seconds", lambda *args: (0.5, 1.0))
+    options = bench.Options(
+        rounds=2,
+        presets=("C3", "C1"),
+        preset_epochs=3,
+        mnist_dir=tiny_mnist,
+        echo_configs=((5, 4),),
+        echo_modes=("explicit",),
+        series_length=100_000,
+        workloads=("echo", "presets"),
+        output_dir=str(tmp_path / "out"),
+    )
+    torch_python, torch_calls = fake_peer
+    tf1_python, tf1_calls = fake_tf1_peer
+    lines = []
+    records = bench.run(options, torch_python, log=lines.append, tf1_python=tf1_python)
+
+    runs = [line.split(":")[1].split()[0] for line in lines if line.startswith("round")]
+    assert runs == ["tfrnn", "PyTorch", "TF1", "tfrnn", "TF1", "tfrnn", "TF1"] * 2
+    assert measured == [("C3", tiny_mnist), ("C1", tiny_mnist)] * 2
+    assert bench.TF1_SKIP_LINE not in lines and bench.SKIP_LINE not in lines
+    assert (
+        tf1_calls.read_text().splitlines()
+        == [
+            "echo --graph handbuilt --num_steps 5 --state_size 4 --epochs 1 --size 100000",
+            f"mnist-epochs --graph C3 --data_dir {tiny_mnist} --epochs 3",
+            f"mnist-epochs --graph C1 --data_dir {tiny_mnist} --epochs 3",
+        ]
+        * 2
+    )
+    assert len(torch_calls.read_text().splitlines()) == 2  # echo only: no PyTorch preset
+    by_key = {(r["workload"], r["metric"]): r for r in records}
+    echo = by_key[("echo (5, 4) explicit", "epoch seconds")]
+    assert (echo["torch"], echo["tf1"]) == (PEER_EPOCH_SECONDS, TF1_ECHO_SECONDS)
+    assert echo["tf1_ratio"] == TF1_ECHO_SECONDS / 0.5
+    steady = by_key[("--preset C1 train, whole epochs", "epoch seconds (epoch 3)")]
+    assert steady["tfrnn_runs"] == [10.0, 20.0] and steady["tf1_runs"] == [20.0, 20.0]
+    assert steady["tf1_ratio"] == 20.0 / 15.0 and steady["torch"] is None
+    first = by_key[
+        ("--preset C3 train, whole epochs", "first-epoch seconds (tfrnn: + XLA compile)")
+    ]
+    assert first["tfrnn_runs"] == [50.0, 50.0] and first["tf1_runs"] == [30.0, 30.0]
+    assert first["tf1_ratio"] == 30.0 / 50.0 and len(first["load_1min"]) == 2
+    with open(tmp_path / "out" / "results.json") as handle:
+        assert json.load(handle) == records
+    table = lines[-2].splitlines()
+    assert "| TF1 | ratio to TF1 |" in table[0]
+    assert (
+        "| --preset C1 train, whole epochs | epoch seconds (epoch 3) | 15 | - | - | 20 | 1.33 |"
+        in table
+    )
+
+
+def test_without_mnist_dir_the_presets_train_on_a_synthetic_set_of_mnists_size(
+    tmp_path, monkeypatch
+):
+    seen = []
+
+    def preset_seconds(options, preset, data_dir):
+        images, _, _ = mnist_data.read_idx_split(data_dir, "train")
+        test_images, _, _ = mnist_data.read_idx_split(data_dir, "test")
+        seen.append((data_dir, images.shape, test_images.shape))
+        return 1.0, 2.0
+
+    monkeypatch.setattr(bench, "preset_epoch_seconds", preset_seconds)
+    options = bench.Options(
+        rounds=1, presets=("C2",), workloads=("presets",), output_dir=str(tmp_path / "out")
+    )
+    lines = []
+    records = bench.run(options, None, log=lines.append)
+    [(data_dir, train_shape, test_shape)] = seen
+    # 55,000 training images after the presets' 5,000 held out: a tutorial's epoch.
+    assert train_shape == (60_000, 28, 28) and test_shape == (10_000, 28, 28)
+    assert not os.path.exists(data_dir)  # removed after the rounds
+    assert any(line.startswith("no --mnist_dir: the presets train on synthetic") for line in lines)
+    assert [r["tf1"] for r in records] == [None, None]
+
+
+def test_preset_epochs_time_the_presets_training_on_the_given_files(tiny_mnist):
+    options = bench.Options(preset_epochs=2)
+    steady, first = bench.preset_epoch_seconds(options, "C3", tiny_mnist)
+    assert 0 < steady < first  # the first epoch also traces and compiles
+
+
+def test_the_tf1_peer_trains_whole_epochs_as_long_as_tfrnns(tiny_mnist):
+    peer = bench.tf1_peer(sys.executable)  # the development environment has tf_keras
+    result = bench.run_peer(
+        peer, ["mnist-epochs", "--graph", "C3", "--data_dir", tiny_mnist, "--epochs", "2"]
+    )
+    assert len(result["epoch_seconds"]) == 2 and min(result["epoch_seconds"]) > 0
+    config = bench.mnist_settings.config_for("C3", data_dir=tiny_mnist, epochs=2)
+    data = mnist_data.load(config.dataset, config.data_dir, config.validation_size)
+    task = bench.mnist_train.make_task(config, data)
+    assert (result["batch_size"], result["steps_per_epoch"]) == (128, task.steps_per_epoch)
+    assert task.total_steps == 2 * task.steps_per_epoch == 4
+    echo = bench.run_peer(
+        peer,
+        ["echo", "--graph", "handbuilt", "--num_steps", "5", "--state_size", "4",
+         "--epochs", "1", "--size", "100000"],
+    )  # fmt: skip
+    assert echo["seconds"] > 0 and echo["num_steps"] == 5

@@ -11,6 +11,7 @@ before TensorFlow is imported, which this script does itself: run it as its own 
 
     python experiments/tf1/tf1_graphs.py echo --graph handbuilt --num_steps 5 --state_size 4
     python experiments/tf1/tf1_graphs.py mnist --graph C2 --data_dir /data/mnist  # IDX files
+    python experiments/tf1/tf1_graphs.py mnist-epochs --graph C2 --data_dir /data/mnist --epochs 2
     python experiments/tf1/tf1_graphs.py lockstep DIR      # DIR/jobs.json, see run_lockstep
 
 Graphs: ``handbuilt``, ``static``, ``dynamic`` (tutorial A: the hand-built cell, and
@@ -160,7 +161,7 @@ def run_echo(args) -> None:
         "epochs": args.epochs,
         "final_loss": curve[-1],
         "last_epoch_loss": float(np.mean(curve[-len(curve) // args.epochs :])),
-        "seconds": round(seconds, 1),
+        "seconds": round(seconds, 3),
         "curve": curve,
     }
     print(json.dumps({k: v for k, v in summary.items() if k != "curve"}))
@@ -342,6 +343,38 @@ def run_mnist(args) -> None:
     _write_json(args.out, "summary.json", record)
 
 
+def run_mnist_epochs(args) -> None:
+    """The TF1 side of ``make bench`` (:mod:`tfrnn.bench.suite`): ``--epochs`` whole epochs
+    of the tutorial's graph, batch and optimiser, each ending with one pass over the test
+    images as the tutorial made it (all at once; C3 in padded batches of its fixed size), as
+    each epoch of tfrnn's loop ends with one. Prints one JSON line: each epoch's seconds,
+    test pass included."""
+    units, batch_size, learning_rate, _ = MNIST_RUNS[args.graph]
+    tf1.set_random_seed(args.seed)
+    train, _, test = read_data_sets(args.data_dir, args.seed)
+    net = mnist_graph(args.graph, units, learning_rate, batch_size)
+    fixed_batch = batch_size if args.graph == "C3" else None
+    steps_per_epoch = train.num_examples // batch_size
+    epoch_seconds, accuracies = [], []
+    with tf1.Session() as session:
+        session.run(tf1.global_variables_initializer())
+        for _ in range(args.epochs):
+            start = time.perf_counter()
+            for _ in range(steps_per_epoch):
+                images, labels = train.next_batch(batch_size)
+                session.run(net.train_step, {net.x: _feed_images(net, images), net.y: labels})
+            accuracies.append(_accuracy(session, net, test, test.num_examples, fixed_batch))
+            epoch_seconds.append(time.perf_counter() - start)
+    record = {
+        "graph": args.graph,
+        "batch_size": batch_size,
+        "steps_per_epoch": steps_per_epoch,
+        "epoch_seconds": epoch_seconds,
+        "test_accuracy": accuracies,
+    }
+    print(json.dumps(record))
+
+
 # --- Lockstep: the TF1 side of tests/test_convert_lockstep.py ----------------------------
 
 
@@ -427,6 +460,13 @@ def _write_json(out: str | None, name: str, content) -> None:
             json.dump(content, handle, indent=1)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -441,8 +481,15 @@ def main(argv=None) -> None:
     mnist.add_argument("--graph", choices=MNIST_GRAPHS, required=True)
     mnist.add_argument("--data_dir", required=True, help="folder of the four MNIST IDX files")
     for command in (echo, mnist):
-        command.add_argument("--seed", type=int, default=0)
         command.add_argument("--out", help="folder for the final checkpoint and summary.json")
+    epochs = commands.add_parser(
+        "mnist-epochs", help="C1, C2 or C3 for whole epochs, timed: make bench's TF1 side"
+    )
+    epochs.add_argument("--graph", choices=MNIST_GRAPHS, required=True)
+    epochs.add_argument("--data_dir", required=True, help="folder of the four MNIST IDX files")
+    epochs.add_argument("--epochs", type=_positive, default=2)
+    for command in (echo, mnist, epochs):
+        command.add_argument("--seed", type=int, default=0)
     lockstep = commands.add_parser("lockstep", help="the TF1 side of the lockstep tests")
     lockstep.add_argument("directory")
     args = parser.parse_args(argv)
@@ -450,7 +497,13 @@ def main(argv=None) -> None:
     tf1.logging.set_verbosity(tf1.logging.ERROR)
     # The legacy cells warn that they are deprecated: they are what the tutorials used.
     warnings.filterwarnings("ignore", message=".*is deprecated", category=UserWarning)
-    {"echo": run_echo, "mnist": run_mnist, "lockstep": run_lockstep}[args.command](args)
+    run_command = {
+        "echo": run_echo,
+        "mnist": run_mnist,
+        "mnist-epochs": run_mnist_epochs,
+        "lockstep": run_lockstep,
+    }
+    run_command[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""``make bench``: how fast tfrnn trains and serves, side by side with PyTorch on the same CPU.
+"""``make bench``: how fast tfrnn trains and serves, beside PyTorch and the tutorials' TF1 code.
 
-Workloads, on the shapes of their PyTorch peers (:mod:`tfrnn.bench.torch_peer`):
+Workloads, on the shapes of their peers (:mod:`tfrnn.bench.torch_peer`, the TF1 programs):
 
 1. MNIST row LSTM training: 128 units, batch 128, Adam 1e-3, through the project's own loop
    (:func:`tfrnn.engine.training.fit`: XLA forward/backward, checkpointed, distributed-ready), on
@@ -16,21 +16,38 @@ Workloads, on the shapes of their PyTorch peers (:mod:`tfrnn.bench.torch_peer`):
    and (10, 16), in the stateful-layer and explicit-state modes. Each run trains two
    epochs: the second is the epoch time; the first minus the second is the one-off cost of
    tracing and XLA compilation, reported on its own line (PyTorch has none).
-3. Serving: the exported MNIST signature (:func:`tfrnn.tasks.mnist.serving.archive`, reloaded with
+3. The tutorials' presets C1, C2, C3: ``options.preset_epochs`` (2) whole epochs of
+   ``--preset``'s training (:func:`tfrnn.tasks.mnist.train.make_task`: its model, batch,
+   optimiser, data pipeline and loop) on ``--mnist_dir``'s IDX files, else on a synthetic
+   MNIST-shaped set of the tutorials' size (55,000 training images after the 5,000 held out;
+   timing does not depend on pixel values). Records: the last epoch's seconds (steady) and
+   the first epoch's (for tfrnn with tracing and XLA compilation). An epoch's seconds are its
+   training steps and one pass over the 10,000 test images that ends it, on both sides.
+4. Serving: the exported MNIST signature (:func:`tfrnn.tasks.mnist.serving.archive`, reloaded with
    ``tf.saved_model.load``): latency median and p99 for one image, images/s for 256.
 
-With ``TORCH_PYTHON`` naming a Python that has torch, each training workload's PyTorch peer
-runs in the same invocation, alternating with tfrnn's runs, ``--rounds`` times; every
-figure is the median over rounds (the non-default MNIST paths run in the first round only).
-The ratio is > 1 when tfrnn is ahead: tfrnn/torch for a rate (a metric ending in ``/s``),
-torch/tfrnn for a time. Without ``TORCH_PYTHON`` the PyTorch column is skipped (torch and
-ratio null). Writes ``results.json`` (a list of records {workload, metric, tfrnn, torch,
-ratio, ...} with every run's figure and the load average before it) and
-``environment.json`` (CPU, load, thread settings, versions) to ``--output_dir``.
+Two peers, each run as its own process after the tfrnn run it matches, ``--rounds`` times,
+alternating; every figure is the median over rounds (the non-default MNIST paths run in the
+first round only):
+
+* ``TORCH_PYTHON``, a Python that has torch: the PyTorch peer of MNIST and echo. ``ratio``
+  is tfrnn against it.
+* ``TF1_PYTHON``, a Python that has tensorflow and tf_keras: the tutorials' own TF1 programs
+  (``experiments/tf1/tf1_graphs.py``, ``tf.compat.v1`` graphs and the legacy cells), for the
+  presets (its ``mnist-epochs`` command: the same epochs, batch and steps) and echo (the
+  hand-built graph of tutorial A, one epoch). ``tf1_ratio`` is tfrnn against it.
+
+A ratio is > 1 when tfrnn is ahead: tfrnn/peer for a rate (a metric ending in ``/s``),
+peer/tfrnn for a time. Without a peer's variable its column is skipped (its figure and ratio
+null), with one line saying so. Writes ``results.json`` (a list of records {workload, metric,
+tfrnn, torch, ratio, tf1, tf1_ratio, ...} with every run's figure and the load average
+before it) and ``environment.json`` (CPU, load, thread settings, versions) to
+``--output_dir``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -48,6 +65,7 @@ from absl import flags, logging
 
 from tfrnn.data import mnist as mnist_data
 from tfrnn.engine import training
+from tfrnn.engine.loop import seed_and_make_deterministic
 from tfrnn.errors import UsageError
 from tfrnn.serving.tf_serving import DEFAULT_SIGNATURE
 from tfrnn.tasks.echo import config as echo_config
@@ -55,8 +73,16 @@ from tfrnn.tasks.echo import train as echo_train
 from tfrnn.tasks.mnist import config as mnist_settings
 from tfrnn.tasks.mnist import model as mnist_model
 from tfrnn.tasks.mnist import serving as mnist_serving
+from tfrnn.tasks.mnist import train as mnist_train
 
-PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_peer.py")
+TORCH_PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_peer.py")
+# The tutorials' TF1 programs live in the checkout, beside the package.
+TF1_PEER = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "experiments",
+    "tf1",
+    "tf1_graphs.py",
+)
 MNIST_PATHS = {
     "default": "default: RNN(LSTMCell) loop",
     "unrolled": "RNN(LSTMCell) unrolled",
@@ -64,11 +90,43 @@ MNIST_PATHS = {
 }
 ECHO_CONFIGS = ((5, 4), (10, 16))
 ECHO_MODES = ("stateful", "explicit")
-WORKLOADS = ("mnist", "echo", "serving")
+PRESETS = tuple(mnist_settings.PRESETS)
+WORKLOADS = ("mnist", "echo", "presets", "serving")
 SKIP_LINE = (
     "TORCH_PYTHON is not set: the PyTorch column is skipped (torch and ratio are null); "
     "set it to a Python with torch, e.g. TORCH_PYTHON=/path/to/venv/bin/python make bench"
 )
+TF1_SKIP_LINE = (
+    "TF1_PYTHON is not set: the TF1 column is skipped (tf1 and tf1_ratio are null); set it "
+    "to a Python with tensorflow and tf_keras, e.g. TF1_PYTHON=/path/to/venv/bin/python make bench"
+)
+# Without --mnist_dir the presets train on a made-up set of MNIST's shape and size: 60,000
+# training images, of which the presets hold out 5,000 as the tutorials did, leaving an
+# epoch of the tutorials' 55,000. Timing does not depend on the pixel values.
+SYNTHETIC_TRAIN_IMAGES = 60_000
+SYNTHETIC_TEST_IMAGES = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """Another program that does a workload's work, run as its own process: ``python
+    script ARGUMENTS`` prints one JSON object as its last line of output."""
+
+    column: str  # the records' key for its figures
+    name: str
+    python: str
+    script: str
+    variable: str  # the environment variable that names ``python``
+    needs: str  # what ``python`` must have installed
+
+
+def torch_peer(python: str) -> Peer:
+    return Peer("torch", "PyTorch", python, TORCH_PEER, "TORCH_PYTHON", "torch")
+
+
+def tf1_peer(python: str) -> Peer:
+    """The tutorials' own programs, TF1 graphs (``experiments/tf1/tf1_graphs.py``)."""
+    return Peer("tf1", "TF1", python, TF1_PEER, "TF1_PYTHON", "tensorflow and tf_keras")
 
 
 @dataclasses.dataclass
@@ -84,6 +142,9 @@ class Options:
     echo_configs: tuple = ECHO_CONFIGS
     echo_modes: tuple = ECHO_MODES
     workloads: tuple = WORKLOADS
+    presets: tuple = PRESETS
+    preset_epochs: int = 2  # whole epochs of each preset: the first with one-off costs
+    mnist_dir: str | None = None  # the presets' IDX files; None: a synthetic set
     serving_calls: int = 300  # batch-1 requests timed; a tenth as many of batch 256
     output_dir: str = "runs/bench"
 
@@ -102,18 +163,25 @@ def ratio(metric: str, tfrnn_value: float | None, torch_value: float | None) -> 
     return torch_value / tfrnn_value
 
 
-def make_record(workload, metric, tfrnn_runs, torch_runs=None, load=None, **extra) -> dict:
-    """One line of results.json: medians over the runs, the ratio, and every run's figure."""
+def make_record(
+    workload, metric, tfrnn_runs, torch_runs=None, load=None, tf1_runs=None, **extra
+) -> dict:
+    """One line of results.json: medians over the runs, the ratios to PyTorch (``ratio``)
+    and to TF1 (``tf1_ratio``), and every run's figure."""
     tfrnn_value = statistics.median(tfrnn_runs)
     torch_value = statistics.median(torch_runs) if torch_runs else None
+    tf1_value = statistics.median(tf1_runs) if tf1_runs else None
     return {
         "workload": workload,
         "metric": metric,
         "tfrnn": tfrnn_value,
         "torch": torch_value,
         "ratio": ratio(metric, tfrnn_value, torch_value),
+        "tf1": tf1_value,
+        "tf1_ratio": ratio(metric, tfrnn_value, tf1_value),
         "tfrnn_runs": list(tfrnn_runs),
         "torch_runs": list(torch_runs) if torch_runs else None,
+        "tf1_runs": list(tf1_runs) if tf1_runs else None,
         "load_1min": load,
         **extra,
     }
@@ -193,6 +261,30 @@ def echo_epoch_seconds(options: Options, num_steps: int, state_size: int, mode: 
     return steady, max(first - steady, 0.0)
 
 
+def preset_epoch_seconds(options: Options, preset: str, data_dir: str) -> tuple[float, float]:
+    """(seconds of the last, of the first) of ``options.preset_epochs`` whole epochs of
+    ``--preset``'s training (its model, batch, optimiser, data pipeline and loop, as
+    ``make mnist MNIST_FLAGS="--preset ..."`` runs them) on ``data_dir``'s IDX files. An
+    epoch's seconds are the loop's: its steps and the test pass that ends it, not the
+    checkpoint after it; the first epoch's include tracing and XLA compilation."""
+    config = mnist_settings.config_for(preset, data_dir=data_dir, epochs=options.preset_epochs)
+    mnist_settings.validate(config)
+    seed_and_make_deterministic(config.seed)
+    data = mnist_data.load(config.dataset, config.data_dir, config.validation_size)
+    task = mnist_train.make_task(config, data)
+    with tempfile.TemporaryDirectory(prefix="tfrnn_bench_") as workdir:
+        result = training.fit(
+            task,
+            workdir,
+            {"bench": preset, **dataclasses.asdict(config)},
+            checkpoint_every=10**9,  # only the end-of-epoch checkpoints, outside the timing
+            jit_compile=config.jit_compile,
+            verbose=False,
+        )
+    seconds = [record["seconds"] for record in result.history]
+    return seconds[-1], seconds[0]
+
+
 def serving_figures(options: Options) -> dict:
     """Latency (ms, median and p99) for one image and images/s for 256, exported signature."""
     model = mnist_model.build_model(mnist_config(options, "default"))
@@ -223,18 +315,20 @@ def serving_figures(options: Options) -> dict:
     }
 
 
-def run_peer(torch_python: str, arguments: list[str]) -> dict:
-    """Runs ``torch_peer.py arguments`` with ``torch_python``; its JSON result."""
-    command = [torch_python, PEER, *arguments]
+def run_peer(peer: Peer, arguments: list[str]) -> dict:
+    """Runs ``peer.script arguments`` with ``peer.python``; its JSON result."""
+    if not os.path.exists(peer.script):
+        raise UsageError(f"{peer.script} is missing: the {peer.name} peer runs from a checkout")
+    command = [peer.python, peer.script, *arguments]
     try:
         finished = subprocess.run(command, capture_output=True, text=True, check=False)
     except OSError as error:
-        raise UsageError(f"TORCH_PYTHON={torch_python} cannot be run: {error}") from error
+        raise UsageError(f"{peer.variable}={peer.python} cannot be run: {error}") from error
     if finished.returncode != 0:
         lines = finished.stderr.strip().splitlines() or ["(no output)"]
         raise UsageError(
-            f"the PyTorch peer failed ({' '.join(command)}): {lines[-1]}; TORCH_PYTHON must "
-            "name a Python with torch installed"
+            f"the {peer.name} peer failed ({' '.join(command)}): {lines[-1]}; "
+            f"{peer.variable} must name a Python with {peer.needs} installed"
         )
     return json.loads(finished.stdout.strip().splitlines()[-1])
 
@@ -262,17 +356,22 @@ def _format(value) -> str:
     return f"{value:.3g}"
 
 
+def _format_ratio(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def format_table(records: list[dict]) -> str:
-    """A Markdown table of the records: workload, metric, tfrnn, PyTorch, ratio."""
+    """A Markdown table of the records: workload, metric, tfrnn, each peer and its ratio."""
     lines = [
-        "| workload | metric | tfrnn | PyTorch | ratio (>1: tfrnn ahead) |",
-        "|---|---|---|---|---|",
+        "| workload | metric | tfrnn | PyTorch | ratio to PyTorch (>1: tfrnn ahead) | TF1 | "
+        "ratio to TF1 |",
+        "|---|---|---|---|---|---|---|",
     ]
     for record in records:
-        ratio_text = "-" if record["ratio"] is None else f"{record['ratio']:.2f}"
         lines.append(
             f"| {record['workload']} | {record['metric']} | {_format(record['tfrnn'])} | "
-            f"{_format(record['torch'])} | {ratio_text} |"
+            f"{_format(record['torch'])} | {_format_ratio(record['ratio'])} | "
+            f"{_format(record['tf1'])} | {_format_ratio(record['tf1_ratio'])} |"
         )
     return "\n".join(lines)
 
@@ -281,14 +380,17 @@ def format_table(records: list[dict]) -> str:
 class Figures:
     """Every figure the rounds measured, one a round, listed by what was measured.
 
-    tfrnn keys are ``("mnist", path)`` and ``("echo", num_steps, state_size, mode)``; the
-    PyTorch peer's are ``("mnist",)`` and ``("echo", num_steps, state_size)``.
+    tfrnn keys are ``("mnist", path)``, ``("echo", num_steps, state_size, mode)`` and
+    ``("preset", name)`` (steady epoch seconds) with ``("preset first", name)`` (the first
+    epoch's); the peers' (``torch``, ``tf1``) are ``("mnist",)``, ``("echo", num_steps,
+    state_size)`` and the same preset keys.
     """
 
     tfrnn: dict = dataclasses.field(default_factory=dict)
     load: dict = dataclasses.field(default_factory=dict)  # the 1-minute load before each
     compile_seconds: dict = dataclasses.field(default_factory=dict)  # echo's first-epoch extra
     torch: dict = dataclasses.field(default_factory=dict)
+    tf1: dict = dataclasses.field(default_factory=dict)
     torch_threads: set = dataclasses.field(default_factory=set)
 
     def measure(self, key: tuple, measurement, *args):
@@ -300,15 +402,25 @@ class Figures:
         self.tfrnn.setdefault(key, []).append(figure)
         return result
 
-    def ask_peer(self, torch_python: str, key: tuple, arguments: list[str], field: str):
-        """Runs the PyTorch peer for ``key`` and keeps its ``field``; returns that figure."""
-        result = run_peer(torch_python, [key[0], *arguments])
-        self.torch.setdefault(key, []).append(result[field])
-        self.torch_threads.add(result["threads"])
-        return result[field]
+    def keep(self, column: str, key: tuple, figure: float) -> None:
+        getattr(self, column).setdefault(key, []).append(figure)
+
+    def ask_peer(self, peer: Peer, key: tuple, arguments: list[str], field: str) -> dict:
+        """Runs ``peer`` with ``arguments`` and keeps its ``field`` under ``key`` (a list
+        field: its last item, the first kept under ``("<key[0]> first", *key[1:])``);
+        returns the peer's whole result."""
+        result = run_peer(peer, arguments)
+        figure = result[field]
+        if isinstance(figure, list):
+            self.keep(peer.column, (f"{key[0]} first", *key[1:]), figure[0])
+            figure = figure[-1]
+        self.keep(peer.column, key, figure)
+        if peer.column == "torch":
+            self.torch_threads.add(result["threads"])
+        return result
 
 
-def _environment(options: Options, torch_python: str | None) -> dict:
+def _environment(options: Options, peers: dict) -> dict:
     """What environment.json records at the start: machine, load, threads, versions, options."""
     return {
         "cpus": os.cpu_count(),
@@ -319,12 +431,13 @@ def _environment(options: Options, torch_python: str | None) -> dict:
         # 0: TensorFlow's default, one thread per core.
         "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-        "torch_python": torch_python,
+        "torch_python": peers["torch"].python if peers["torch"] else None,
+        "tf1_python": peers["tf1"].python if peers["tf1"] else None,
         "options": dataclasses.asdict(options),
     }
 
 
-def _mnist_round(options: Options, torch_python, first: bool, figures: Figures, log) -> None:
+def _mnist_round(options: Options, peers: dict, first: bool, figures: Figures, log) -> None:
     """tfrnn's MNIST paths (all in the first round, then the default only), the PyTorch peer
     right after the default."""
     for path in options.mnist_paths:
@@ -332,15 +445,16 @@ def _mnist_round(options: Options, torch_python, first: bool, figures: Figures, 
             continue  # the other paths: one run, for comparison with the default
         value = figures.measure(("mnist", path), mnist_train_images_per_second, options, path)
         log(f"tfrnn MNIST {MNIST_PATHS[path]}: {value:,.0f} images/s")
-        if path == "default" and torch_python:
-            arguments = ["--batches", str(options.batches), "--batch_size",
+        if path == "default" and peers["torch"]:
+            arguments = ["mnist", "--batches", str(options.batches), "--batch_size",
                          str(options.batch_size), "--units", str(options.units)]  # fmt: skip
-            value = figures.ask_peer(torch_python, ("mnist",), arguments, "images_per_second")
-            log(f"PyTorch MNIST: {value:,.0f} images/s")
+            result = figures.ask_peer(peers["torch"], ("mnist",), arguments, "images_per_second")
+            log(f"PyTorch MNIST: {result['images_per_second']:,.0f} images/s")
 
 
-def _echo_round(options: Options, torch_python, figures: Figures, log) -> None:
-    """Each echo configuration: tfrnn in every mode, then the PyTorch peer."""
+def _echo_round(options: Options, peers: dict, figures: Figures, log) -> None:
+    """Each echo configuration: tfrnn in every mode, then the PyTorch peer, then the TF1
+    peer (the tutorial's hand-built graph)."""
     for num_steps, state_size in options.echo_configs:
         for mode in options.echo_modes:
             key = ("echo", num_steps, state_size, mode)
@@ -352,17 +466,36 @@ def _echo_round(options: Options, torch_python, figures: Figures, log) -> None:
                 f"tfrnn echo ({num_steps}, {state_size}) {mode}: {seconds:.3f} s"
                 f" an epoch (+{compile_seconds:.1f} s compile in the first)"
             )
-        if torch_python:
-            arguments = ["--num_steps", str(num_steps), "--state_size", str(state_size),
-                         "--length", str(options.series_length)]  # fmt: skip
-            key = ("echo", num_steps, state_size)
-            seconds = figures.ask_peer(torch_python, key, arguments, "seconds")
-            log(f"PyTorch echo ({num_steps}, {state_size}): {seconds:.3f} s an epoch")
+        key = ("echo", num_steps, state_size)
+        shape = ["--num_steps", str(num_steps), "--state_size", str(state_size)]
+        if peers["torch"]:
+            arguments = ["echo", *shape, "--length", str(options.series_length)]
+            result = figures.ask_peer(peers["torch"], key, arguments, "seconds")
+            log(f"PyTorch echo ({num_steps}, {state_size}): {result['seconds']:.3f} s an epoch")
+        if peers["tf1"]:
+            arguments = ["echo", "--graph", "handbuilt", *shape, "--epochs", "1",
+                         "--size", str(options.series_length)]  # fmt: skip
+            result = figures.ask_peer(peers["tf1"], key, arguments, "seconds")
+            log(f"TF1 echo ({num_steps}, {state_size}): {result['seconds']:.3f} s an epoch")
 
 
-def _training_records(options: Options, figures: Figures) -> list[dict]:
-    """The MNIST records (one a path that ran), then the echo records (two a run: the epoch
-    seconds and the first epoch's extra seconds), in the order of ``options``."""
+def _preset_round(options: Options, peers: dict, data_dir: str, figures: Figures, log) -> None:
+    """Each preset: tfrnn's whole epochs, then the TF1 program's as many on the same data."""
+    for preset in options.presets:
+        key = ("preset", preset)
+        steady, first = figures.measure(key, preset_epoch_seconds, options, preset, data_dir)
+        figures.keep("tfrnn", ("preset first", preset), first)
+        log(f"tfrnn --preset {preset}: {steady:.1f} s an epoch ({first:.1f} s the first)")
+        if peers["tf1"]:
+            arguments = ["mnist-epochs", "--graph", preset, "--data_dir", data_dir,
+                         "--epochs", str(options.preset_epochs)]  # fmt: skip
+            result = figures.ask_peer(peers["tf1"], key, arguments, "epoch_seconds")
+            seconds = result["epoch_seconds"]
+            log(f"TF1 {preset}: {seconds[-1]:.1f} s an epoch ({seconds[0]:.1f} s the first)")
+
+
+def _mnist_records(options: Options, figures: Figures) -> list[dict]:
+    """One record a MNIST path that ran, in the order of ``options``."""
     records = []
     for path in options.mnist_paths:
         key = ("mnist", path)
@@ -372,18 +505,43 @@ def _training_records(options: Options, figures: Figures) -> list[dict]:
                 make_record(workload, "images/s", figures.tfrnn[key],
                             figures.torch.get(("mnist",)), figures.load[key])
             )  # fmt: skip
+    return records
+
+
+def _echo_records(options: Options, figures: Figures) -> list[dict]:
+    """Two records an echo run: the epoch seconds and the first epoch's extra seconds."""
+    records = []
     for num_steps, state_size in options.echo_configs:
         for mode in options.echo_modes:
             key = ("echo", num_steps, state_size, mode)
             if key not in figures.tfrnn:
                 continue
             workload, load = f"echo ({num_steps}, {state_size}) {mode}", figures.load[key]
-            torch_runs = figures.torch.get(("echo", num_steps, state_size))
+            peer_key = ("echo", num_steps, state_size)
+            torch_runs, tf1_runs = figures.torch.get(peer_key), figures.tf1.get(peer_key)
             records += [
-                make_record(workload, "epoch seconds", figures.tfrnn[key], torch_runs, load),
+                make_record(workload, "epoch seconds", figures.tfrnn[key], torch_runs, load,
+                            tf1_runs),
                 make_record(workload, "first-epoch extra seconds (XLA compile)",
                             figures.compile_seconds[key], load=load),
             ]  # fmt: skip
+    return records
+
+
+def _preset_records(options: Options, figures: Figures) -> list[dict]:
+    """Two records a preset: its steady epoch's seconds and its first epoch's, with TF1's."""
+    records = []
+    for preset in options.presets:
+        key, first = ("preset", preset), ("preset first", preset)
+        if key not in figures.tfrnn:
+            continue
+        workload, load = f"--preset {preset} train, whole epochs", figures.load[key]
+        records += [
+            make_record(workload, f"epoch seconds (epoch {options.preset_epochs})",
+                        figures.tfrnn[key], load=load, tf1_runs=figures.tf1.get(key)),
+            make_record(workload, "first-epoch seconds (tfrnn: + XLA compile)",
+                        figures.tfrnn[first], load=load, tf1_runs=figures.tf1.get(first)),
+        ]  # fmt: skip
     return records
 
 
@@ -414,27 +572,66 @@ def _write_results(output_dir: str, records: list[dict], environment: dict) -> N
         json.dump(environment, handle, indent=1)
 
 
-def run(options: Options, torch_python: str | None = None, log=print) -> list[dict]:
+def _presets_data_dir(options: Options, stack: contextlib.ExitStack, log) -> str | None:
+    """The presets' IDX folder: ``options.mnist_dir``, else a synthetic set written to a
+    temporary folder that ``stack`` removes; None when the presets do not run."""
+    if "presets" not in options.workloads:
+        return None
+    if options.mnist_dir is not None:
+        return os.path.abspath(options.mnist_dir)
+    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="tfrnn_bench_mnist_"))
+    mnist_data.write_synthetic_idx(folder, SYNTHETIC_TRAIN_IMAGES, SYNTHETIC_TEST_IMAGES)
+    log(
+        f"no --mnist_dir: the presets train on synthetic MNIST-shaped IDX files "
+        f"({SYNTHETIC_TRAIN_IMAGES:,} training images, {SYNTHETIC_TEST_IMAGES:,} test)"
+    )
+    return folder
+
+
+def _measure_rounds(options: Options, peers: dict, figures: Figures, log) -> None:
+    """The training workloads, ``options.rounds`` times, each tfrnn run followed by its
+    peers' runs."""
+    with contextlib.ExitStack() as stack:
+        data_dir = _presets_data_dir(options, stack, log)
+        for round_index in range(options.rounds):
+            prefix = f"round {round_index + 1}/{options.rounds}:"
+
+            def log_round(line, prefix=prefix):
+                log(f"{prefix} {line}")
+
+            if "mnist" in options.workloads:
+                _mnist_round(options, peers, round_index == 0, figures, log_round)
+            if "echo" in options.workloads:
+                _echo_round(options, peers, figures, log_round)
+            if "presets" in options.workloads:
+                _preset_round(options, peers, data_dir, figures, log_round)
+
+
+def run(
+    options: Options, torch_python: str | None = None, log=print, tf1_python: str | None = None
+) -> list[dict]:
     """Measures ``options.workloads``, writes results.json and environment.json; the records.
 
     The training workloads run ``options.rounds`` times, each tfrnn run followed by its
-    PyTorch peer's when ``torch_python`` is given; serving runs once, at the end.
+    peers' (PyTorch with ``torch_python``, TF1 with ``tf1_python``); serving runs once, at
+    the end.
     """
     if torch_python is None:
         log(SKIP_LINE)
-    environment = _environment(options, torch_python)
+    if tf1_python is None:
+        log(TF1_SKIP_LINE)
+    peers = {
+        "torch": torch_peer(torch_python) if torch_python else None,
+        "tf1": tf1_peer(tf1_python) if tf1_python else None,
+    }
+    environment = _environment(options, peers)
     figures = Figures()
-    for round_index in range(options.rounds):
-        prefix = f"round {round_index + 1}/{options.rounds}:"
-
-        def log_round(line, prefix=prefix):
-            log(f"{prefix} {line}")
-
-        if "mnist" in options.workloads:
-            _mnist_round(options, torch_python, round_index == 0, figures, log_round)
-        if "echo" in options.workloads:
-            _echo_round(options, torch_python, figures, log_round)
-    records = _training_records(options, figures)
+    _measure_rounds(options, peers, figures, log)
+    records = [
+        *_mnist_records(options, figures),
+        *_echo_records(options, figures),
+        *_preset_records(options, figures),
+    ]
     if "serving" in options.workloads:
         records += _serving_records(options, log)
     environment["load_average_end"] = list(os.getloadavg())
@@ -456,12 +653,50 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     # Defined only when run as a command: the experiments define flags of the same names
     # (series_length), and tests import both modules into one process.
-    flags.DEFINE_integer("rounds", 3, "alternating tfrnn/PyTorch rounds; figures are medians")
+    flags.DEFINE_integer("rounds", 3, "alternating tfrnn/peer rounds; figures are medians")
     flags.DEFINE_integer("batches", 200, "timed MNIST training steps (after as many warm-up steps)")
     flags.DEFINE_integer("series_length", 1_000_000, "echo series length (steps an epoch)")
     flags.DEFINE_list("workloads", list(WORKLOADS), f"any of {', '.join(WORKLOADS)}")
     flags.DEFINE_list("mnist_paths", list(MNIST_PATHS), f"any of {', '.join(MNIST_PATHS)}")
+    flags.DEFINE_list("presets", list(PRESETS), f"tutorial presets timed: {', '.join(PRESETS)}")
+    flags.DEFINE_integer("preset_epochs", 2, "whole epochs of each preset; the last is timed")
+    flags.DEFINE_string(
+        "mnist_dir", None, "the presets' four MNIST IDX files; default: a synthetic set"
+    )
     flags.DEFINE_string("output_dir", "runs/bench", "where results.json and environment.json go")
+
+
+def _options_from_flags() -> Options:
+    """The flags as :class:`Options`, after checking them."""
+    for name in ("rounds", "batches", "preset_epochs"):
+        if FLAGS[name].value <= 0:
+            raise UsageError(f"--{name} must be positive, got {FLAGS[name].value}")
+    choices = (("workloads", WORKLOADS), ("mnist_paths", MNIST_PATHS), ("presets", PRESETS))
+    for name, allowed in choices:
+        unknown = sorted(set(FLAGS[name].value) - set(allowed))
+        if unknown:
+            raise UsageError(f"--{name} must be among {', '.join(allowed)}; got {unknown}")
+    if FLAGS.mnist_dir is not None and not os.path.isdir(FLAGS.mnist_dir):
+        raise UsageError(f"--mnist_dir {FLAGS.mnist_dir}: no such folder")
+    options = Options(
+        rounds=FLAGS.rounds,
+        batches=FLAGS.batches,
+        series_length=FLAGS.series_length,
+        workloads=tuple(FLAGS.workloads),
+        mnist_paths=tuple(FLAGS.mnist_paths),
+        presets=tuple(FLAGS.presets),
+        preset_epochs=FLAGS.preset_epochs,
+        mnist_dir=FLAGS.mnist_dir,
+        output_dir=FLAGS.output_dir,
+    )
+    if "echo" in options.workloads:
+        for num_steps, state_size in options.echo_configs:
+            echo_config.check_config(
+                echo_config.EchoConfig(
+                    num_steps=num_steps, state_size=state_size, series_length=FLAGS.series_length
+                )
+            )
+    return options
 
 
 def main(argv):
@@ -473,27 +708,10 @@ def main(argv):
         tf.get_logger().setLevel("ERROR")
     if len(argv) > 1:
         raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    for name in ("rounds", "batches"):
-        if FLAGS[name].value <= 0:
-            raise UsageError(f"--{name} must be positive, got {FLAGS[name].value}")
-    for name, allowed in (("workloads", WORKLOADS), ("mnist_paths", MNIST_PATHS)):
-        unknown = sorted(set(FLAGS[name].value) - set(allowed))
-        if unknown:
-            raise UsageError(f"--{name} must be among {', '.join(allowed)}; got {unknown}")
-    options = Options(
-        rounds=FLAGS.rounds,
-        batches=FLAGS.batches,
-        series_length=FLAGS.series_length,
-        workloads=tuple(FLAGS.workloads),
-        mnist_paths=tuple(FLAGS.mnist_paths),
-        output_dir=FLAGS.output_dir,
+    options = _options_from_flags()
+    run(
+        options,
+        os.environ.get("TORCH_PYTHON") or None,
+        tf1_python=os.environ.get("TF1_PYTHON") or None,
     )
-    if "echo" in options.workloads:
-        for num_steps, state_size in options.echo_configs:
-            echo_config.check_config(
-                echo_config.EchoConfig(
-                    num_steps=num_steps, state_size=state_size, series_length=FLAGS.series_length
-                )
-            )
-    run(options, os.environ.get("TORCH_PYTHON") or None)
     sys.stdout.flush()

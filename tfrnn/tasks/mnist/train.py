@@ -50,30 +50,12 @@ def train_and_evaluate(
         config = dataclasses.replace(config, data_dir=os.path.abspath(config.data_dir))
     seed_and_make_deterministic(config.seed)
     data = mnist_data.load(config.dataset, config.data_dir, config.validation_size)
-    steps_per_epoch = mnist_data.steps_per_epoch(data.train, config.batch_size)
-    if steps_per_epoch == 0:
-        raise UsageError(
-            f"--batch_size {config.batch_size} is larger than the {data.train.num_examples} "
-            "training images"
-        )
-    total_steps = config.train_steps or config.epochs * steps_per_epoch
-    task = training.Task(
-        make_model=lambda: build_model(config),
-        make_optimizer=lambda: make_optimizer(config, total_steps),
-        per_example_loss=training.sparse_softmax_cross_entropy,
-        train_batches=lambda epoch, skip: mnist_data.train_batches(
-            data.train, config.batch_size, epoch, config.seed, skip
-        ),
-        eval_batches=lambda: mnist_data.test_batches(data.test, 500),
-        steps_per_epoch=steps_per_epoch,
-        total_steps=total_steps,
-        global_batch_size=config.batch_size,
-    )
+    task = make_task(config, data)
     if verbose:
         print(
             f"data: {data.source}, {data.train.num_examples} train / {data.test.num_examples} "
-            f"test images; {total_steps} steps of {config.batch_size} "
-            f"({steps_per_epoch} a full epoch)",
+            f"test images; {task.total_steps} steps of {config.batch_size} "
+            f"({task.steps_per_epoch} a full epoch)",
             flush=True,
         )
     chief = distribute.is_chief(strategy or tf.distribute.get_strategy())
@@ -93,6 +75,31 @@ def train_and_evaluate(
         if chief:
             _save_export_and_evaluate(result.model, data, workdir, verbose)
     return result  # on other workers: the chief saves, exports and evaluates the same weights
+
+
+def make_task(config: Config, data: mnist_data.MnistData) -> training.Task:
+    """The training task of ``config`` on ``data``: its model, optimiser and batches, and
+    ``config.train_steps`` steps or ``config.epochs`` whole epochs; each epoch ends with
+    one pass over the test images in batches of 500."""
+    steps_per_epoch = mnist_data.steps_per_epoch(data.train, config.batch_size)
+    if steps_per_epoch == 0:
+        raise UsageError(
+            f"--batch_size {config.batch_size} is larger than the {data.train.num_examples} "
+            "training images"
+        )
+    total_steps = config.train_steps or config.epochs * steps_per_epoch
+    return training.Task(
+        make_model=lambda: build_model(config),
+        make_optimizer=lambda: make_optimizer(config, total_steps),
+        per_example_loss=training.sparse_softmax_cross_entropy,
+        train_batches=lambda epoch, skip: mnist_data.train_batches(
+            data.train, config.batch_size, epoch, config.seed, skip
+        ),
+        eval_batches=lambda: mnist_data.test_batches(data.test, 500),
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        global_batch_size=config.batch_size,
+    )
 
 
 def _save_export_and_evaluate(model, data, workdir: str, verbose: bool) -> None:
