@@ -25,6 +25,10 @@ What holds:
 * A non-finite loss stops the run with :class:`TrainingDiverged` (a one-line
   :class:`tfrnn.errors.UsageError`); a checkpoint is only written when every weight is
   finite, so the last one kept is good.
+* SIGTERM and SIGINT stop the run after the call in progress, with a checkpoint at the step
+  reached (:class:`Stopped`). Under several workers a save is collective: TensorFlow's
+  ``PreemptionCheckpointHandler`` then has a SIGTERM to any worker stop all of them after the
+  same call, each saving its part of that step's checkpoint.
 * Only the chief writes files (:func:`tfrnn.engine.distribute.is_chief`): metrics, summaries,
   plots; every worker checkpoints (:class:`tfrnn.engine.checkpoints.Checkpoints`).
 """
