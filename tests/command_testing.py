@@ -19,10 +19,10 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 SIGKILL = "os.kill(os.getpid(), signal.SIGKILL)"  # an ``action``: the process dies at once
 
 
-def run_command(module, args, at_update=None, action=SIGKILL, timeout=240):
-    """``python -m tfrnn.experiments.<module> args``, running ``action`` (Python source, in
-    the child, with os, signal and resource imported) right after the ``at_update``-th
-    progress update. Returns the finished process (stdout and stderr as text)."""
+def command_script(module, at_update=None, action=SIGKILL):
+    """Python source for ``python -m tfrnn.experiments.<module>`` (its arguments after
+    ``-c``), running ``action`` (Python source, with os, signal and resource imported) right
+    after the ``at_update``-th progress update."""
     script = "import runpy, sys\n"
     if at_update:
         script += (
@@ -36,13 +36,17 @@ def run_command(module, args, at_update=None, action=SIGKILL, timeout=240):
             "    return update(self, *args, **kwargs)\n"
             "reporting.PlainProgress.update = hooked\n"
         )
-    script += (
+    return script + (
         f"sys.argv = ['{module}'] + sys.argv[1:]\n"
         f"runpy.run_module('tfrnn.experiments.{module}', run_name='__main__')\n"
     )
+
+
+def run_command(module, args, at_update=None, action=SIGKILL, timeout=240):
+    """Runs :func:`command_script` with ``args``; the finished process (text output)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run(
-        [sys.executable, "-c", script, *args],
+        [sys.executable, "-c", command_script(module, at_update, action), *args],
         capture_output=True,  # stdout is a pipe, not a terminal: the plain log
         text=True,
         env=env,

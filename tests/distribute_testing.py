@@ -1,4 +1,5 @@
-"""Helpers of test_distribute.py, and the worker process of its multi-worker test.
+"""Helpers of test_distribute.py and test_survive.py, and the worker process of the first's
+multi-worker test.
 
 As a script, ``python tests/distribute_testing.py OUT_DIR MNIST_FLAGS...`` is one worker of a
 MultiWorkerMirroredStrategy cluster (TF_CONFIG in its environment): it runs the real MNIST
@@ -11,6 +12,7 @@ can compare the workers with each other and with one process.
 import json
 import os
 import runpy
+import socket
 import sys
 
 import keras
@@ -54,6 +56,18 @@ def train_echo_windows(mode: str, strategy: tf.distribute.Strategy, *, jit_compi
         losses.append(np.asarray(part_losses))
         states.append([np.asarray(s) for s in tbptt.carried_state(mode, model, carry, strategy)])
     return np.concatenate(losses), states, model.get_weights()
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` TCP ports on 127.0.0.1 free a moment ago, for a cluster's workers."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def _worker(out_dir: str, mnist_flags: list[str]) -> None:

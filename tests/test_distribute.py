@@ -10,7 +10,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from distribute_testing import train_echo_windows
+from distribute_testing import free_ports, train_echo_windows
 
 from tfrnn import cli
 from tfrnn.data import mnist as mnist_data
@@ -133,21 +132,10 @@ def test_echo_experiment_on_two_mirrored_replicas_matches_one_device(mirrored, t
     )
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def test_two_worker_processes_end_with_identical_weights_equal_to_one_process(
     one_device_mnist, mnist_dir, tmp_path
 ):
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     workdir, out = tmp_path / "run", tmp_path / "out"
     out.mkdir()

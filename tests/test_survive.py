@@ -19,10 +19,12 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
-from command_testing import run_command, tiny_mnist_config, trained_in_process
+from command_testing import command_script, run_command, tiny_mnist_config, trained_in_process
+from distribute_testing import free_ports
 
 from tfrnn.engine import checkpoints, reporting, workdir
 from tfrnn.errors import UsageError
@@ -94,6 +96,89 @@ def test_sigterm_stops_mnist_at_the_step_reached_and_the_same_command_ends_the_s
     assert [line for line in lines if line.startswith("epoch 2/2 ")][-1].startswith(
         "epoch 2/2 24/24 loss "
     )
+
+
+def _run_two_workers(args, logs, sigterm_worker_1_at=None):
+    """The MNIST command as both workers of a two-process multi_worker cluster on this
+    machine; worker 1 sends itself SIGTERM after training step ``sigterm_worker_1_at``.
+    Returns each worker's (exit status, stdout, stderr)."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    processes, results = [], []
+    try:
+        for index in range(2):
+            at_update = sigterm_worker_1_at if index == 1 else None
+            script = command_script("mnist", at_update, "os.kill(os.getpid(), signal.SIGTERM)")
+            task = {"type": "worker", "index": index}
+            env = dict(
+                os.environ,
+                PYTHONPATH=str(REPO),
+                TF_CPP_MIN_LOG_LEVEL="2",
+                TF_CONFIG=json.dumps({"cluster": cluster, "task": task}),
+            )
+            out, err = (open(logs / f"worker_{index}.{name}", "w+") for name in ("out", "err"))
+            processes.append(
+                (
+                    subprocess.Popen(
+                        [sys.executable, "-c", script, "--strategy=multi_worker", *args],
+                        stdout=out,
+                        stderr=err,
+                        env=env,
+                    ),
+                    out,
+                    err,
+                )
+            )
+        for process, out, err in processes:
+            process.wait(timeout=240)
+            out.seek(0), err.seek(0)
+            results.append((process.returncode, out.read(), err.read()))
+    finally:
+        for process, out, err in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            out.close(), err.close()
+    return results
+
+
+def _numbers(records):
+    """metrics.json's training and epoch records as arrays by key, wall-clock fields aside."""
+    return {
+        (kind, key): np.array([record[key] for record in records[kind]])
+        for kind in ("steps", "epochs")
+        for key in records[kind][0]
+        if key not in WALL_CLOCK
+    }
+
+
+def test_sigterm_to_one_of_two_workers_stops_both_at_one_step_and_they_end_the_same(
+    mnist_uninterrupted, data_dir, tmp_path
+):
+    # Worker 1 gets SIGTERM after step 22 (in the call of steps 21-24, epoch 1's last). Its
+    # PreemptionCheckpointHandler claims the next check, after epoch 1's end (step 24), and
+    # names the call after it for the save: every worker saves after step 44 and exits 143.
+    args = _mnist_args(data_dir, tmp_path / "run", "--jit_compile=false")
+    stopped = _run_two_workers(args, tmp_path, sigterm_worker_1_at=22)
+    for index, (status, _, stderr) in enumerate(stopped):
+        assert status == 143, f"worker {index}: {stderr[-3000:]}"
+        assert stderr.splitlines()[-1].startswith(
+            f"stopped by SIGTERM after step 44: checkpoint {tmp_path / 'run'}/checkpoints/"
+            "ckpt-44 written; run the same command to go on"
+        )
+    assert _latest(tmp_path / "run") == "ckpt-44"
+    assert not (tmp_path / "run" / "model.keras").exists()
+
+    resumed = _run_two_workers(args, tmp_path)
+    for index, (status, stdout, stderr) in enumerate(resumed):
+        assert status == 0, f"worker {index}: {stderr[-3000:]}"
+        assert "(step 44, 1 epochs done)" in stdout
+    # The same records as the one-process run, to float32 rounding across processes.
+    got = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    expected = json.loads((mnist_uninterrupted / "metrics.json").read_text())
+    got, expected = _numbers(got), _numbers(expected)
+    assert got.keys() == expected.keys()
+    for key, values in expected.items():
+        np.testing.assert_allclose(got[key], values, atol=1e-5, rtol=0, err_msg=str(key))
 
 
 def test_sigint_stops_echo_mid_epoch_and_the_same_command_ends_the_same(tmp_path):

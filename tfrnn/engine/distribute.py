@@ -205,6 +205,12 @@ def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
+def multi_worker_resolver(strategy: tf.distribute.Strategy):
+    """The cluster resolver of a ``multi_worker`` strategy (its workers' SIGTERM handling,
+    :class:`tfrnn.engine.loop.Controller`), or None under one process."""
+    return strategy.cluster_resolver if is_multi_worker(strategy) else None
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """True for the worker that writes results: the only one, or the cluster's chief.
 

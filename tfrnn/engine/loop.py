@@ -25,6 +25,10 @@ What holds:
 * A non-finite loss stops the run with :class:`TrainingDiverged` (a one-line
   :class:`tfrnn.errors.UsageError`); a checkpoint is only written when every weight is
   finite, so the last one kept is good.
+* SIGTERM and SIGINT stop the run after the call in progress, with a checkpoint at the step
+  reached (:class:`Stopped`). Under several workers a save is collective: TensorFlow's
+  ``PreemptionCheckpointHandler`` then has a SIGTERM to any worker stop all of them after the
+  same call, each saving its part of that step's checkpoint.
 * Only the chief writes files (:func:`tfrnn.engine.distribute.is_chief`): metrics, summaries,
   plots; every worker checkpoints (:class:`tfrnn.engine.checkpoints.Checkpoints`).
 """
@@ -34,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import signal
 import sys
 import threading
@@ -155,12 +160,12 @@ class Controller:
         chief: bool,
         verbose: bool,
         on_records=None,
-        stop_on_signals: bool = True,
+        cluster_resolver=None,
     ):
         """``on_records(records)`` is called after each epoch and before a divergence stop,
-        with :attr:`log`'s records (e.g. to write metrics.json). ``stop_on_signals``: SIGTERM
-        and SIGINT stop the run at a checkpoint (:meth:`train`); False under several workers,
-        where one worker's save alone would wait for the others' part of it forever."""
+        with :attr:`log`'s records (e.g. to write metrics.json). ``cluster_resolver``: a
+        MultiWorkerMirroredStrategy's, under several workers; a save is then collective, so
+        a SIGTERM to one worker must stop them all at the same step (:meth:`train`)."""
         self.steps, self.schedule, self.verbose = steps, schedule, verbose
         # Bookkeeping lives outside any strategy: plain variables updated from reduced values.
         self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
@@ -178,7 +183,10 @@ class Controller:
         self.checkpoints = Checkpoints(workdir, items | steps.checkpoint_items(), chief=chief)
         self.on_records = on_records
         self._stop_signal = None  # the signal that asked the run to stop, once one has
-        self._stop_on_signals = stop_on_signals
+        self._cluster_resolver = cluster_resolver
+        self._preemption = None  # the PreemptionCheckpointHandler, while training workers
+        self._saved_step = None  # the step of the last checkpoint this run wrote
+        self._segment_start = 0.0  # when the epoch's time not yet in epoch_seconds began
 
     def restore(self, *, fresh: bool = False) -> int:
         """Restores the newest intact checkpoint (none if ``fresh``); returns the global step
@@ -199,11 +207,14 @@ class Controller:
 
         Raises:
           Stopped: SIGTERM or SIGINT came; the run stopped after the call in progress, with a
-            checkpoint at the step it reached, so the same command goes on from there.
+            checkpoint at the step it reached, so the same command goes on from there. Under
+            several workers (``cluster_resolver``), a SIGTERM to any worker stops every worker
+            after the same call (the one after the signal's), each with exit status 143.
         """
         self._stop_signal = None
+        stop_requests = self._preemption_checks if self._cluster_resolver else self._stop_requests
         try:
-            with self._stop_requests():
+            with stop_requests():
                 for epoch in range(int(self.epochs_done), self.schedule.num_epochs):
                     self._train_epoch(epoch)
                     self._stop_if_requested()  # the epoch's end was just checkpointed
@@ -214,7 +225,7 @@ class Controller:
     @contextlib.contextmanager
     def _stop_requests(self):
         """SIGTERM and SIGINT set :attr:`_stop_signal`, read between calls, for the block."""
-        if not self._stop_on_signals or threading.current_thread() is not threading.main_thread():
+        if threading.current_thread() is not threading.main_thread():
             yield  # Python delivers signals to the main thread only
             return
 
@@ -228,18 +239,55 @@ class Controller:
             for number, handler in previous.items():
                 signal.signal(number, handler)
 
+    @contextlib.contextmanager
+    def _preemption_checks(self):
+        """TensorFlow's PreemptionCheckpointHandler watches SIGTERM for the block.
+
+        When any worker gets one, the handler agrees with every worker on a call after which
+        they all save (:meth:`_checkpoint_unless_saved`) and stop (:meth:`_stop`): a save is
+        collective. The handler restores its manager's newest checkpoint when it is built;
+        :meth:`restore` has done that already, passing over damaged ones, so the handler gets
+        a manager of its own over an empty checkpoint in a folder never written: it restores
+        nothing, and it saves through ``save_fn``. SIGINT keeps its default (KeyboardInterrupt).
+        """
+        previous = signal.getsignal(signal.SIGTERM)  # the handler replaces it for good
+        nothing = tf.train.CheckpointManager(
+            tf.train.Checkpoint(), os.path.join(self.checkpoints.write_dir, "unused"), 1
+        )
+        self._preemption = tf.distribute.experimental.PreemptionCheckpointHandler(
+            self._cluster_resolver,
+            nothing,
+            termination_config=tf.distribute.experimental.TerminationConfig(
+                exit_fn=lambda: self._stop(signal.SIGTERM),
+                save_fn=self._checkpoint_unless_saved,
+            ),
+        )
+        try:
+            yield
+        finally:
+            # Its threads end, and SIGTERM ends the process again, once training is over.
+            self._preemption.__del__()
+            self._preemption = None
+            signal.signal(signal.SIGTERM, previous)
+
     def _stop_if_requested(self) -> None:
-        """After a call or an epoch's end, both checkpointed: stops if a signal came."""
-        if self._stop_signal is None:
-            return
+        """After a call or an epoch's end, both checkpointed (a call's end only if a
+        checkpoint was due or a stop asked for): stops if a signal came. Under several
+        workers the handler decides, and saves first where a worker got SIGTERM."""
+        if self._preemption is not None:
+            self._preemption.save_checkpoint_if_preempted()
+        elif self._stop_signal is not None:
+            self._stop(self._stop_signal)
+
+    def _stop(self, stop_signal: signal.Signals) -> None:
+        checkpoint = os.path.join(self.checkpoints.directory, f"ckpt-{int(self.global_step)}")
         print(
-            f"stopped by {self._stop_signal.name} after step {int(self.global_step)}: "
-            f"checkpoint {self.checkpoints.describe_latest()} written; run the same command "
-            "to go on",
+            f"stopped by {stop_signal.name} after step {int(self.global_step)}: checkpoint "
+            f"{checkpoint} written; run the same command to go on",
             file=sys.stderr,
             flush=True,
         )
-        raise Stopped(STOP_SIGNALS[self._stop_signal])
+        raise Stopped(STOP_SIGNALS[stop_signal])
 
     def _train_epoch(self, epoch: int) -> None:
         epoch_steps = self.schedule.epoch_steps(epoch)
@@ -252,7 +300,7 @@ class Controller:
         if self.verbose:
             print(label, flush=True)
         self.steps.start_epoch(epoch, step_in_epoch)
-        segment_start = time.perf_counter()
+        self._segment_start = time.perf_counter()
         while step_in_epoch < epoch_steps:
             num_steps = self.schedule.call_steps(int(self.global_step), epoch_steps - step_in_epoch)
             call = self.steps.train(num_steps)
@@ -265,21 +313,30 @@ class Controller:
             self.log.add("steps", {"step": int(self.global_step), **call.point})
             # A stop lands on a call's end: calls end where Schedule.call_steps says from the
             # global step alone, so the resumed run's calls, and records, are the same.
-            stopping = self._stop_signal is not None
-            if step_in_epoch < epoch_steps and (self._checkpoint_due() or stopping):
-                now = time.perf_counter()
-                self.epoch_seconds.assign_add(now - segment_start)
-                self._save()
-                segment_start = now
+            if step_in_epoch < epoch_steps:
+                if self._checkpoint_due() or self._stop_signal is not None:
+                    self._checkpoint()
                 self._stop_if_requested()
-        self._end_epoch(epoch, segment_start)
+        self._end_epoch(epoch)
 
     def _checkpoint_due(self) -> bool:
         return int(self.global_step) % self.schedule.checkpoint_every == 0
 
-    def _end_epoch(self, epoch: int, segment_start: float) -> None:
+    def _checkpoint(self) -> None:
+        """Adds the epoch's seconds so far to epoch_seconds and saves, inside an epoch."""
+        now = time.perf_counter()
+        self.epoch_seconds.assign_add(now - self._segment_start)
+        self._save()
+        self._segment_start = now
+
+    def _checkpoint_unless_saved(self) -> None:
+        """:meth:`_checkpoint`, unless this step's checkpoint is written (an epoch's end)."""
+        if self._saved_step != int(self.global_step):
+            self._checkpoint()
+
+    def _end_epoch(self, epoch: int) -> None:
         statistics = self.steps.end_epoch(epoch)
-        self.epoch_seconds.assign_add(time.perf_counter() - segment_start)
+        self.epoch_seconds.assign_add(time.perf_counter() - self._segment_start)
         record = {
             "epoch": epoch + 1,
             "step": int(self.global_step),
@@ -316,4 +373,5 @@ class Controller:
         self.steps.before_checkpoint()
         self.log.before_checkpoint()
         self.checkpoints.save(int(self.global_step))
+        self._saved_step = int(self.global_step)
         self.log.summarize()

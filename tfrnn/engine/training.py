@@ -378,7 +378,7 @@ def fit(
         schedule,
         workdir,
         chief=chief,
-        stop_on_signals=not distribute.is_multi_worker(strategy),
+        cluster_resolver=distribute.multi_worker_resolver(strategy),
         verbose=verbose,
         on_records=lambda records: controller.log.write_json(
             "metrics.json", {"config": config, **records}

@@ -91,7 +91,7 @@ def _train_and_write(config, workdir, verbose, strategy, checkpoint_every, fresh
         schedule,
         workdir,
         chief=chief,
-        stop_on_signals=not distribute.is_multi_worker(strategy),
+        cluster_resolver=distribute.multi_worker_resolver(strategy),
         verbose=bool(verbose),
         on_records=lambda records: controller.log.write_json(
             "metrics.json", run_metrics(config, records)
