@@ -17,7 +17,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2
 
 # Echo dependencies: the tutorial's (5, 4) and (10, 16); table, summary.json and summary.png
 # in runs/echo_deps/canonical/.
