@@ -52,9 +52,9 @@ def test_sigkill_mid_epoch_then_same_command_ends_like_a_run_never_stopped(tmp_p
 
     resumed = _run(workdir)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    print(resumed.stdout.splitlines()[-1])
     # The killed run could not release its workdir lock: the resumed run takes it over.
     takeover, resuming = resumed.stdout.splitlines()[:2]
+    print(takeover, resuming, resumed.stdout.splitlines()[-1], sep="\n")  # pytest -s shows them
     assert takeover == f"taking over the lock of PID {killed_pid}, which ended without releasing it"
     assert "(step 3, 1 epochs done)" in resuming
     assert json.loads((workdir / "config.json").read_text())["task"] == "echo"
