@@ -48,7 +48,14 @@ from typing import Protocol
 import keras
 import tensorflow as tf
 
-from tfrnn.engine.checkpoints import Checkpoints, all_finite
+from tfrnn.engine import distribute
+from tfrnn.engine import workdir as workdir_lib
+from tfrnn.engine.checkpoints import (
+    Checkpoints,
+    all_finite,
+    check_same_config,
+    check_workers_agree,
+)
 from tfrnn.engine.reporting import RunLog, progress_bar
 from tfrnn.errors import UsageError
 
@@ -375,3 +382,28 @@ class Controller:
         self.checkpoints.save(int(self.global_step))
         self._saved_step = int(self.global_step)
         self.log.summarize()
+
+
+def start_run(
+    make_steps, schedule: Schedule, workdir: str, *, config: dict, strategy, verbose, fresh, metrics
+) -> Controller:
+    """The restored controller of a run of ``config`` in ``workdir``, what every task starts
+    from: ``fresh`` first discards what the workdir holds, the config guard refuses another
+    run's workdir (before ``make_steps()`` builds anything), every worker restores the same
+    checkpoint, and ``metrics(records)`` is what metrics.json holds after each epoch."""
+    chief = distribute.is_chief(strategy)
+    if fresh and chief:
+        workdir_lib.discard_run(workdir)
+    check_same_config(workdir, config, write=chief)
+    controller = Controller(
+        make_steps(),
+        schedule,
+        workdir,
+        chief=chief,
+        cluster_resolver=distribute.multi_worker_resolver(strategy),
+        verbose=verbose,
+        on_records=lambda records: controller.log.write_json("metrics.json", metrics(records)),
+    )
+    controller.restore(fresh=fresh)
+    check_workers_agree(strategy, controller.global_step)
+    return controller

@@ -51,9 +51,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrnn.engine import distribute
-from tfrnn.engine import workdir as workdir_lib
-from tfrnn.engine.checkpoints import check_same_config, check_workers_agree
-from tfrnn.engine.loop import Call, Controller, Schedule
+from tfrnn.engine.loop import Call, Schedule, start_run
 from tfrnn.engine.reporting import curves_figure, save_figure
 from tfrnn.errors import UsageError
 
@@ -369,26 +367,22 @@ def fit(
     distribute.per_replica_batch_size(strategy, task.global_batch_size)
     chief = distribute.is_chief(strategy)
     os.makedirs(workdir, exist_ok=True)
-    if fresh and chief:
-        workdir_lib.discard_run(workdir)
-    check_same_config(workdir, config, write=chief)
-    steps = ClassifierSteps(task, strategy, jit_compile=jit_compile, shards=shards)
-    controller = Controller(
-        steps,
+    controller = start_run(
+        lambda: ClassifierSteps(task, strategy, jit_compile=jit_compile, shards=shards),
         schedule,
         workdir,
-        chief=chief,
-        cluster_resolver=distribute.multi_worker_resolver(strategy),
+        config=config,
+        strategy=strategy,
         verbose=verbose,
-        on_records=lambda records: controller.log.write_json(
-            "metrics.json", {"config": config, **records}
-        ),
+        fresh=fresh,
+        metrics=lambda records: {"config": config, **records},
     )
-    resumed_from_step = controller.restore(fresh=fresh)
-    check_workers_agree(strategy, controller.global_step)
+    resumed_from_step = int(controller.global_step)
     history = controller.train()
     if chief and history:
         # Once at the end, not per epoch: a plot costs about a second.
         figure = curves_figure(controller.log.records, title)
         save_figure(figure, os.path.join(workdir, "curves.png"))
-    return Result(model=steps.model, history=history, resumed_from_step=resumed_from_step)
+    return Result(
+        model=controller.steps.model, history=history, resumed_from_step=resumed_from_step
+    )

@@ -32,8 +32,7 @@ import tensorflow as tf
 from tfrnn.data.echo import expected_losses
 from tfrnn.engine import distribute
 from tfrnn.engine import workdir as workdir_lib
-from tfrnn.engine.checkpoints import check_same_config, check_workers_agree
-from tfrnn.engine.loop import Controller, Schedule, seed_and_make_deterministic
+from tfrnn.engine.loop import Schedule, seed_and_make_deterministic, start_run
 from tfrnn.engine.reporting import save_figure, write_json_atomically
 from tfrnn.errors import UsageError
 from tfrnn.tasks.echo.config import REPORT_EVERY, EchoConfig, check_config
@@ -79,30 +78,22 @@ def train_and_evaluate(
 def _train_and_write(config, workdir, verbose, strategy, checkpoint_every, fresh) -> dict:
     """:func:`train_and_evaluate`'s run, under the workdir's lock."""
     chief = distribute.is_chief(strategy)
-    if fresh and chief:
-        workdir_lib.discard_run(workdir)
-    check_same_config(workdir, {"task": "echo", **dataclasses.asdict(config)}, write=chief)
     seed_and_make_deterministic(config.seed)
-    steps = EchoSteps(config, strategy)
     runs = config.reports_per_epoch
-    schedule = Schedule(runs, config.epochs * runs, checkpoint_every // REPORT_EVERY, 1)
-    controller = Controller(
-        steps,
-        schedule,
+    controller = start_run(
+        lambda: EchoSteps(config, strategy),
+        Schedule(runs, config.epochs * runs, checkpoint_every // REPORT_EVERY, 1),
         workdir,
-        chief=chief,
-        cluster_resolver=distribute.multi_worker_resolver(strategy),
+        config={"task": "echo", **dataclasses.asdict(config)},
+        strategy=strategy,
         verbose=bool(verbose),
-        on_records=lambda records: controller.log.write_json(
-            "metrics.json", run_metrics(config, records)
-        ),
+        fresh=fresh,
+        metrics=lambda records: run_metrics(config, records),
     )
-    controller.restore(fresh=fresh)
-    check_workers_agree(strategy, controller.global_step)
     controller.train()
     metrics = run_metrics(config, controller.log.records)
     if chief:
-        _write_results(steps.model, config, metrics, workdir, verbose)
+        _write_results(controller.steps.model, config, metrics, workdir, verbose)
     return metrics
 
 
