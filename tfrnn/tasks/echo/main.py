@@ -16,7 +16,7 @@ in tfrnn.tasks.echo.train.
 
 import os
 
-from absl import flags
+from absl import flags, logging
 
 from tfrnn.engine import distribute
 from tfrnn.engine import workdir as workdir_lib
@@ -97,6 +97,9 @@ def define_flags() -> None:
 
 
 def main(argv):
+    if not FLAGS["verbosity"].present:
+        # TensorFlow logs every checkpoint at INFO; --verbosity=0 shows them again.
+        logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.suite not in SUITES:
