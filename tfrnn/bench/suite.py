@@ -231,19 +231,25 @@ def mnist_train_images_per_second(options: Options, path: str) -> float:
         global_batch_size=options.batch_size,
     )
     keras.utils.set_random_seed(0)
+    seconds = _epoch_seconds(task, config, path)[1]
+    if seconds <= 0:
+        raise UsageError(f"--batches {options.batches} is too few steps to time")
+    return options.batches * options.batch_size / seconds
+
+
+def _epoch_seconds(task: training.Task, config, name: str) -> list[float]:
+    """Each epoch's seconds of ``training.fit(task)`` in a temporary workdir, as its loop
+    times them (steps and evaluation; the end-of-epoch checkpoints fall outside)."""
     with tempfile.TemporaryDirectory(prefix="tfrnn_bench_") as workdir:
         result = training.fit(
             task,
             workdir,
-            {"bench": path, **dataclasses.asdict(config)},
+            {"bench": name, **dataclasses.asdict(config)},
             checkpoint_every=10**9,  # only the end-of-epoch checkpoints, outside the timing
             jit_compile=config.jit_compile,
             verbose=False,
         )
-    seconds = result.history[1]["seconds"]
-    if seconds <= 0:
-        raise UsageError(f"--batches {options.batches} is too few steps to time")
-    return options.batches * options.batch_size / seconds
+    return [record["seconds"] for record in result.history]
 
 
 def echo_epoch_seconds(options: Options, num_steps: int, state_size: int, mode: str):
@@ -271,17 +277,7 @@ def preset_epoch_seconds(options: Options, preset: str, data_dir: str) -> tuple[
     mnist_settings.validate(config)
     seed_and_make_deterministic(config.seed)
     data = mnist_data.load(config.dataset, config.data_dir, config.validation_size)
-    task = mnist_train.make_task(config, data)
-    with tempfile.TemporaryDirectory(prefix="tfrnn_bench_") as workdir:
-        result = training.fit(
-            task,
-            workdir,
-            {"bench": preset, **dataclasses.asdict(config)},
-            checkpoint_every=10**9,  # only the end-of-epoch checkpoints, outside the timing
-            jit_compile=config.jit_compile,
-            verbose=False,
-        )
-    seconds = [record["seconds"] for record in result.history]
+    seconds = _epoch_seconds(mnist_train.make_task(config, data), config, preset)
     return seconds[-1], seconds[0]
 
 
