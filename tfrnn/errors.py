@@ -1,4 +1,5 @@
-"""The errors a user can fix, which every entry point reports in one line (``tfrnn.cli``)."""
+"""The errors a user can fix, which every entry point reports in one line (``tfrnn.cli``),
+and the few words that say why an operation failed."""
 
 
 class UsageError(Exception):
@@ -8,3 +9,14 @@ class UsageError(Exception):
     it propagate to :func:`tfrnn.cli.run`, which prints ``error: <message>`` on one line and
     exits with status 2, instead of a traceback from deep inside TensorFlow.
     """
+
+
+def failure_reason(error: Exception) -> str:
+    """Why an operation failed, in a few words: an OSError's ``strerror`` ("File too
+    large"), else its message's first line without TensorFlow's file paths and op context
+    ("<op>: <temporary file>; File too large [Op:SaveV2]" -> "File too large")."""
+    text = getattr(error, "strerror", None) or getattr(error, "message", None) or str(error)
+    lines = text.strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    return lines[0].rsplit("; ", 1)[-1].split(" [Op:")[0]

@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from tfrnn.engine import distribute
 from tfrnn.engine.reporting import write_json_atomically
-from tfrnn.errors import UsageError
+from tfrnn.errors import UsageError, failure_reason
 
 
 class Checkpoints:
@@ -93,7 +93,7 @@ class Checkpoints:
             self.manager.save(checkpoint_number=number)
         except (OSError, tf.errors.OpError) as error:
             raise UsageError(
-                f"cannot write checkpoint {number} to {self.write_dir} ({_reason(error)}); "
+                f"cannot write checkpoint {number} to {self.write_dir} ({failure_reason(error)}); "
                 f"the last one written ({self.describe_latest()}) is intact: free space or "
                 "fix permissions and run the same command again"
             ) from None
@@ -115,14 +115,8 @@ def damage(path: str) -> str | None:
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
     except (tf.errors.OpError, ValueError, IndexError, OSError) as error:
-        return _reason(error)
+        return failure_reason(error)
     return None
-
-
-def _reason(error: Exception) -> str:
-    """An error's first line, without TensorFlow's trailing op context."""
-    text = getattr(error, "message", None) or getattr(error, "strerror", None) or str(error)
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
 def all_finite(variables) -> bool:

@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags, logging
 
-from tfrnn.errors import UsageError
+from tfrnn.errors import UsageError, failure_reason
 from tfrnn.serving import rest, tf_serving
 from tfrnn.serving.spec import ServingSpec, custom_objects, serving_tasks, spec_for
 
@@ -168,14 +168,6 @@ def _write_checked(spec: ServingSpec, model: keras.Model, staging: str) -> tuple
     return described, examples, answers
 
 
-def _write_failure(error: OSError) -> str:
-    """What went wrong, in a few words: "File too large", not TensorFlow's temporary paths."""
-    if error.strerror:
-        return error.strerror
-    # "<op>: <temporary file>; File too large [Op:SaveV2]" -> "File too large"
-    return str(error).rsplit("; ", 1)[-1].split(" [Op:")[0]
-
-
 def export_workdir(workdir: str, export_dir: str, version: int | None = None) -> dict:
     """Exports ``workdir``'s model to ``export_dir/<version>/`` and describes it beside it.
 
@@ -208,7 +200,7 @@ def export_workdir(workdir: str, export_dir: str, version: int | None = None) ->
         os.rename(staging, version_dir)
     except OSError as error:  # a full disk, a quota, a folder made read-only meanwhile
         raise UsageError(
-            f"cannot write version {version} to {export_dir} ({_write_failure(error)}); nothing"
+            f"cannot write version {version} to {export_dir} ({failure_reason(error)}); nothing"
             " was put in place, the versions there are as they were"
         ) from None
     finally:
@@ -220,7 +212,7 @@ def export_workdir(workdir: str, export_dir: str, version: int | None = None) ->
     except OSError as error:
         raise UsageError(
             f"version {version} is in place in {export_dir} and servable, but its description"
-            f" files could not be written ({_write_failure(error)})"
+            f" files could not be written ({failure_reason(error)})"
         ) from None
 
 
