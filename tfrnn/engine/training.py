@@ -90,10 +90,23 @@ class Task:
 
 
 def sparse_softmax_cross_entropy(labels, logits):
-    """Per-example cross-entropy of integer ``labels`` against ``logits`` (..., classes)."""
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32)
+    """Per-example cross-entropy of integer ``labels`` (...) against ``logits`` (..., classes).
+
+    TensorFlow's fused kernel, as the tutorials ran it. Under op determinism
+    (:func:`tfrnn.engine.loop.seed_and_make_deterministic`) ``tf.nn``'s wrapper replaces it by
+    a log-softmax and a gather, with a scatter in the gradient, because the kernel's GPU
+    version is not deterministic: a longer XLA program, slower to compile and to run for
+    echo's small windows. The kernel on the CPU and its XLA form are deterministic, so the
+    wrapper is taken only where a GPU is visible.
+    """
+    labels, logits = tf.cast(labels, tf.int32), tf.cast(logits, tf.float32)
+    if tf.config.list_physical_devices("GPU"):
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    classes = logits.shape[-1]
+    losses, _ = tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(
+        features=tf.reshape(logits, [-1, classes]), labels=tf.reshape(labels, [-1])
     )
+    return tf.reshape(losses, tf.shape(labels))
 
 
 @dataclasses.dataclass
@@ -377,7 +390,7 @@ def fit(
         fresh=fresh,
         metrics=lambda records: {"config": config, **records},
     )
-    resumed_from_step = int(controller.global_step)
+    resumed_from_step = controller.step
     history = controller.train()
     if chief and history:
         # Once at the end, not per epoch: a plot costs about a second.

@@ -63,6 +63,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrnn.engine import distribute
+from tfrnn.engine.training import sparse_softmax_cross_entropy
 from tfrnn.tasks.echo.model import build_echo_model
 
 MODES = ("stateful", "explicit", "true")
@@ -71,9 +72,7 @@ MODES = ("stateful", "explicit", "true")
 def stream_losses(targets, logits):
     """Each stream's mean cross-entropy over its steps: targets (batch, steps) int, logits
     (batch, steps, C) -> (batch,)."""
-    return tf.reduce_mean(
-        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits), axis=1
-    )
+    return tf.reduce_mean(sparse_softmax_cross_entropy(targets, logits), axis=1)
 
 
 def _loss_share(per_stream, global_batch_size):
