@@ -225,6 +225,8 @@ def mnist_graph(
         train_step=train_step,
         accuracy=tf.reduce_mean(tf.cast(correct, tf.float32)),
         flat_input=graph == "C1",
+        # C3's zero_state fixes its batch: it is fed exactly batch_size images at a time.
+        fixed_batch=batch_size if graph == "C3" else None,
     )
 
 
@@ -290,10 +292,11 @@ def read_data_sets(data_dir: str, seed: int, validation_size: int = 5000):
     return train, validation, test
 
 
-def _accuracy(session, net, data: DataSet, count: int, batch_size: int | None) -> float:
-    """Accuracy on the first ``count`` images; in batches of exactly ``batch_size`` (the last
-    one padded, the padding not counted) when the graph has a fixed batch, else at once."""
+def _accuracy(session, net, data: DataSet, count: int) -> float:
+    """Accuracy on the first ``count`` images; in batches of exactly the graph's fixed batch
+    (the last one padded, the padding not counted) when it has one, else at once."""
     images, labels = data.images[:count], data.labels[:count]
+    batch_size = net.fixed_batch
     if batch_size is None:
         return float(session.run(net.accuracy, {net.x: _feed_images(net, images), net.y: labels}))
     correct = 0
@@ -321,7 +324,6 @@ def run_mnist(args) -> None:
     tf1.set_random_seed(args.seed)
     train, _, test = read_data_sets(args.data_dir, args.seed)
     net = mnist_graph(args.graph, units, learning_rate, batch_size)
-    fixed_batch = batch_size if args.graph == "C3" else None
     steps_per_epoch = train.num_examples // batch_size
     total = steps or C1_EPOCHS * steps_per_epoch
     record = {"graph": args.graph, "steps": total, "epochs": []}
@@ -332,12 +334,12 @@ def run_mnist(args) -> None:
             images, labels = train.next_batch(batch_size)
             session.run(net.train_step, {net.x: _feed_images(net, images), net.y: labels})
             if args.graph == "C1" and step % steps_per_epoch == 0:
-                accuracy = _accuracy(session, net, test, test.num_examples, fixed_batch)
+                accuracy = _accuracy(session, net, test, test.num_examples)
                 record["epochs"].append(accuracy)
                 print(f"epoch {step // steps_per_epoch}: test accuracy {100 * accuracy:.2f}%")
         record["train_seconds"] = round(time.perf_counter() - start, 1)
-        record["test_accuracy"] = _accuracy(session, net, test, test.num_examples, fixed_batch)
-        record["test_accuracy_first_128"] = _accuracy(session, net, test, 128, fixed_batch)
+        record["test_accuracy"] = _accuracy(session, net, test, test.num_examples)
+        record["test_accuracy_first_128"] = _accuracy(session, net, test, 128)
         _save(session, args.out)
     print(json.dumps(record))
     _write_json(args.out, "summary.json", record)
@@ -353,7 +355,6 @@ def run_mnist_epochs(args) -> None:
     tf1.set_random_seed(args.seed)
     train, _, test = read_data_sets(args.data_dir, args.seed)
     net = mnist_graph(args.graph, units, learning_rate, batch_size)
-    fixed_batch = batch_size if args.graph == "C3" else None
     steps_per_epoch = train.num_examples // batch_size
     epoch_seconds, accuracies = [], []
     with tf1.Session() as session:
@@ -363,7 +364,7 @@ def run_mnist_epochs(args) -> None:
             for _ in range(steps_per_epoch):
                 images, labels = train.next_batch(batch_size)
                 session.run(net.train_step, {net.x: _feed_images(net, images), net.y: labels})
-            accuracies.append(_accuracy(session, net, test, test.num_examples, fixed_batch))
+            accuracies.append(_accuracy(session, net, test, test.num_examples))
             epoch_seconds.append(time.perf_counter() - start)
     record = {
         "graph": args.graph,
