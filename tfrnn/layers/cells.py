@@ -15,6 +15,8 @@ unrolled ("static_rnn") styles, statefulness and ``return_state`` are the same f
 
 from __future__ import annotations
 
+import inspect
+
 import keras
 import tensorflow as tf
 
@@ -138,7 +140,57 @@ class RNN(keras.layers.RNN):
     def inner_loop(self, sequences, initial_state, mask, training=False):
         weights = [(weight, tf.convert_to_tensor(weight)) for weight in self.cell.trainable_weights]
         with keras.StatelessScope(state_mapping=weights):
+            if self.unroll and mask is None and not self.go_backwards:
+                return self._static_rnn(sequences, initial_state, training)
             return super().inner_loop(sequences, initial_state, mask, training=training)
+
+    def _static_rnn(self, sequences, initial_state, training):
+        """The unrolled loop, TF1's ``static_rnn``: one cell call per time step in the graph.
+
+        Keras' own unrolled loop, but each step's incoming states pass through
+        :func:`gradient_computed_once`, which changes no number.
+
+        Args:
+          sequences: (batch, time, features), time static.
+          initial_state: a state tensor (batch, state) or a list of them.
+          training: passed to the cell.
+
+        Returns:
+          Keras' inner-loop triple: the last output (batch, units); the outputs (batch,
+          time, units) with ``return_sequences``, else (batch, 1, units); the final states.
+        """
+        nested = isinstance(initial_state, (list, tuple))
+        states = list(initial_state) if nested else [initial_state]
+        takes_training = "training" in inspect.signature(self.cell.call).parameters
+        cell_kwargs = {"training": training} if takes_training else {}
+        outputs = []
+        for inputs in tf.unstack(sequences, axis=1):
+            states = [gradient_computed_once(state) for state in states]
+            output, states = self.cell(inputs, states, **cell_kwargs)
+            states = list(states) if isinstance(states, (list, tuple)) else [states]
+            outputs.append(output)
+        kept = outputs if self.return_sequences else outputs[-1:]
+        return outputs[-1], tf.stack(kept, axis=1), states
+
+
+@tf.custom_gradient
+def gradient_computed_once(state):
+    """The identity on ``state`` (batch, units), whose gradient XLA computes once.
+
+    Why: XLA's CPU compiler fuses cheap elementwise producers into each consumer, computing
+    them again inside every fusion that reads them. Unrolled, an LSTM's cell-state gradient
+    is one elementwise chain through every step (``dc[t-1] = dc[t] * f[t] + ...``), so each
+    step's fused gradient recomputed the chain from the last step back to its own: work
+    quadratic in the steps. Passing the gradient through a row scatter, which XLA does not
+    fuse into its consumers, stores it once per step, as the while loop's iterations do.
+    Measurements: experiments/bench/README.md.
+    """
+
+    def gradient(upstream):
+        rows = tf.shape(upstream)[0]
+        return tf.scatter_nd(tf.range(rows)[:, None], upstream, tf.shape(upstream))
+
+    return tf.identity(state), gradient
 
 
 # The one map between a cell's kind (its name in configs and flags) and its class: building
