@@ -1,10 +1,13 @@
-"""Set-up shared by the whole test session: the CPU split into two logical devices.
+"""Set-up shared by the whole test session: the CPU split into two logical devices, and a
+compilation cache of the session's own.
 
 The distribution tests mirror over ``/cpu:0`` and ``/cpu:1``, and TensorFlow accepts a
 device split only before it initialises its devices, which happens once per process; so it
 is done here, at import, before any test runs. Ops that name no device still run on
 ``/cpu:0``, so the other tests see no difference.
 """
+
+import os
 
 import pytest
 import tensorflow as tf
@@ -15,6 +18,13 @@ from tfrnn.engine import distribute
 
 CPU_REPLICAS = 2
 distribute.configure_cpu_devices(CPU_REPLICAS)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache_of_the_session(tmp_path_factory):
+    """The commands the tests run keep their compiled programs (``--compile_cache``'s
+    default, under XDG_CACHE_HOME) in a folder of this session, not the user's."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,10 @@ Workloads, on the shapes of their peers (:mod:`tfrnn.bench.torch_peer`, the TF1 
    ``keras_lstm`` (``keras.layers.LSTM``, what a Keras user writes).
 2. Echo training (:func:`tfrnn.tasks.echo.train.train_and_evaluate`, 100 windows per compiled
    call): seconds of one epoch over a 1,000,000-step series for (num_steps, state) (5, 4)
-   and (10, 16), in the stateful-layer and explicit-state modes. Each run trains two
-   epochs: the second is the epoch time; the first minus the second is the one-off cost of
-   tracing and XLA compilation, reported on its own line (PyTorch has none).
+   and (10, 16), in the stateful-layer and explicit-state modes: a steady epoch (the second
+   of a two-epoch run), and a one-epoch run's epoch in a fresh process with its tracing and
+   XLA compilation, or the compiled program loaded from ``--compile_cache`` when an earlier
+   run left it there (the first round fills an empty cache), each against the peers' epoch.
 3. The tutorials' presets C1, C2, C3: ``options.preset_epochs`` (2) whole epochs of
    ``--preset``'s training (:func:`tfrnn.tasks.mnist.train.make_task`: its model, batch,
    optimiser, data pipeline and loop) on ``--mnist_dir``'s IDX files, else on a synthetic
@@ -64,7 +65,7 @@ import tensorflow as tf
 from absl import flags, logging
 
 from tfrnn.data import mnist as mnist_data
-from tfrnn.engine import training
+from tfrnn.engine import compile_cache, training
 from tfrnn.engine.loop import seed_and_make_deterministic
 from tfrnn.errors import UsageError
 from tfrnn.serving.tf_serving import DEFAULT_SIGNATURE
@@ -92,6 +93,7 @@ ECHO_CONFIGS = ((5, 4), (10, 16))
 ECHO_MODES = ("stateful", "explicit")
 PRESETS = tuple(mnist_settings.PRESETS)
 WORKLOADS = ("mnist", "echo", "presets", "serving")
+FIRST_ECHO_EPOCH = "first epoch seconds (tracing and XLA compile included)"
 SKIP_LINE = (
     "TORCH_PYTHON is not set: the PyTorch column is skipped (torch and ratio are null); "
     "set it to a Python with torch, e.g. TORCH_PYTHON=/path/to/venv/bin/python make bench"
@@ -147,6 +149,7 @@ class Options:
     mnist_dir: str | None = None  # the presets' IDX files; None: a synthetic set
     serving_calls: int = 300  # batch-1 requests timed; a tenth as many of batch 256
     output_dir: str = "runs/bench"
+    compile_cache: str = ""  # the one-epoch echo runs' --compile_cache; "": none
 
 
 def higher_is_better(metric: str) -> bool:
@@ -253,7 +256,11 @@ def _epoch_seconds(task: training.Task, config, name: str) -> list[float]:
 
 
 def echo_epoch_seconds(options: Options, num_steps: int, state_size: int, mode: str):
-    """(seconds of a steady epoch, first epoch's extra seconds: tracing + XLA compile)."""
+    """(seconds of a steady epoch, of a one-epoch run's epoch: with its tracing and compile).
+
+    The steady epoch is the second of a two-epoch run in this process. The one-epoch run is
+    the echo command in a fresh process, as a user starts it, with ``options.compile_cache``
+    (where a previous run of the same configuration left the compiled program, if any)."""
     config = echo_config.EchoConfig(
         num_steps=num_steps,
         state_size=state_size,
@@ -263,8 +270,27 @@ def echo_epoch_seconds(options: Options, num_steps: int, state_size: int, mode: 
     )
     with tempfile.TemporaryDirectory(prefix="tfrnn_bench_") as workdir:
         metrics = echo_train.train_and_evaluate(config, workdir, verbose=0)
-    first, steady = metrics["epoch_seconds"][:2]
-    return steady, max(first - steady, 0.0)
+    with tempfile.TemporaryDirectory(prefix="tfrnn_bench_") as workdir:
+        command = [
+            sys.executable, "-m", "tfrnn.experiments.echo_deps", f"--workdir={workdir}",
+            f"--num_steps={num_steps}", f"--state_size={state_size}", f"--mode={mode}",
+            f"--series_length={options.series_length}", "--epochs=1",
+            f"--compile_cache={options.compile_cache}",
+        ]  # fmt: skip
+        finished = subprocess.run(command, capture_output=True, text=True, env=_command_env())
+        if finished.returncode != 0:
+            last_line = (finished.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UsageError(f"the echo command failed in the bench: {last_line}")
+        with open(os.path.join(workdir, "metrics.json")) as handle:
+            one_epoch = json.load(handle)["epoch_seconds"][0]
+    return metrics["epoch_seconds"][1], one_epoch
+
+
+def _command_env() -> dict:
+    """This environment, with the folder that holds ``tfrnn`` first on PYTHONPATH."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    paths = [package_parent, os.environ.get("PYTHONPATH", "")]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(path for path in paths if path))
 
 
 def preset_epoch_seconds(options: Options, preset: str, data_dir: str) -> tuple[float, float]:
@@ -384,7 +410,7 @@ class Figures:
 
     tfrnn: dict = dataclasses.field(default_factory=dict)
     load: dict = dataclasses.field(default_factory=dict)  # the 1-minute load before each
-    compile_seconds: dict = dataclasses.field(default_factory=dict)  # echo's first-epoch extra
+    first_seconds: dict = dataclasses.field(default_factory=dict)  # echo's first epochs
     torch: dict = dataclasses.field(default_factory=dict)
     tf1: dict = dataclasses.field(default_factory=dict)
     torch_threads: set = dataclasses.field(default_factory=set)
@@ -454,13 +480,13 @@ def _echo_round(options: Options, peers: dict, figures: Figures, log) -> None:
     for num_steps, state_size in options.echo_configs:
         for mode in options.echo_modes:
             key = ("echo", num_steps, state_size, mode)
-            seconds, compile_seconds = figures.measure(
+            seconds, first_seconds = figures.measure(
                 key, echo_epoch_seconds, options, num_steps, state_size, mode
             )
-            figures.compile_seconds.setdefault(key, []).append(compile_seconds)
+            figures.first_seconds.setdefault(key, []).append(first_seconds)
             log(
                 f"tfrnn echo ({num_steps}, {state_size}) {mode}: {seconds:.3f} s"
-                f" an epoch (+{compile_seconds:.1f} s compile in the first)"
+                f" an epoch ({first_seconds:.2f} s the first, compile included)"
             )
         key = ("echo", num_steps, state_size)
         shape = ["--num_steps", str(num_steps), "--state_size", str(state_size)]
@@ -505,7 +531,9 @@ def _mnist_records(options: Options, figures: Figures) -> list[dict]:
 
 
 def _echo_records(options: Options, figures: Figures) -> list[dict]:
-    """Two records an echo run: the epoch seconds and the first epoch's extra seconds."""
+    """Two records an echo run: a steady epoch's seconds and the first epoch's, each against
+    the peers' one epoch (a fresh session or process: the first epoch of a run that trains
+    one is the whole run)."""
     records = []
     for num_steps, state_size in options.echo_configs:
         for mode in options.echo_modes:
@@ -518,8 +546,8 @@ def _echo_records(options: Options, figures: Figures) -> list[dict]:
             records += [
                 make_record(workload, "epoch seconds", figures.tfrnn[key], torch_runs, load,
                             tf1_runs),
-                make_record(workload, "first-epoch extra seconds (XLA compile)",
-                            figures.compile_seconds[key], load=load),
+                make_record(workload, FIRST_ECHO_EPOCH, figures.first_seconds[key],
+                            torch_runs, load, tf1_runs),
             ]  # fmt: skip
     return records
 
@@ -660,6 +688,7 @@ def define_flags() -> None:
         "mnist_dir", None, "the presets' four MNIST IDX files; default: a synthetic set"
     )
     flags.DEFINE_string("output_dir", "runs/bench", "where results.json and environment.json go")
+    compile_cache.define_flags(flags)
 
 
 def _options_from_flags() -> Options:
@@ -684,6 +713,7 @@ def _options_from_flags() -> Options:
         preset_epochs=FLAGS.preset_epochs,
         mnist_dir=FLAGS.mnist_dir,
         output_dir=FLAGS.output_dir,
+        compile_cache=FLAGS.compile_cache,
     )
     if "echo" in options.workloads:
         for num_steps, state_size in options.echo_configs:

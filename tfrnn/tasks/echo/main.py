@@ -18,7 +18,7 @@ import os
 
 from absl import flags, logging
 
-from tfrnn.engine import distribute
+from tfrnn.engine import compile_cache, distribute
 from tfrnn.engine import workdir as workdir_lib
 from tfrnn.errors import UsageError
 from tfrnn.tasks.echo import config as echo_config
@@ -91,6 +91,8 @@ def define_flags() -> None:
     flags.adopt_module_key_flags(distribute)  # --help lists --strategy and --cpu_replicas
     workdir_lib.define_flags(flags)
     flags.adopt_module_key_flags(workdir_lib)
+    compile_cache.define_flags(flags)
+    flags.adopt_module_key_flags(compile_cache)
     flags.DEFINE_string(
         "styles_dir", None, "Where --suite styles writes its table and plots. Default: --workdir."
     )

@@ -20,7 +20,7 @@ import typing
 
 from absl import flags, logging
 
-from tfrnn.engine import distribute
+from tfrnn.engine import compile_cache, distribute
 from tfrnn.engine import workdir as workdir_lib
 from tfrnn.errors import UsageError
 from tfrnn.tasks.mnist import config as mnist_config
@@ -44,6 +44,8 @@ def define_flags() -> None:
     flags.adopt_module_key_flags(distribute)  # --help lists --strategy and --cpu_replicas
     workdir_lib.define_flags(flags)
     flags.adopt_module_key_flags(workdir_lib)
+    compile_cache.define_flags(flags)
+    flags.adopt_module_key_flags(compile_cache)
     _define_config_flags()
 
 
