@@ -118,6 +118,7 @@ def test_runs_alternate_with_the_peer_and_records_hold_the_ratios(tmp_path, fake
     by_key = {(r["workload"], r["metric"]): r for r in records}
     mnist = by_key[("MNIST train, default: RNN(LSTMCell) loop", "images/s")]
     assert len(mnist["tfrnn_runs"]) == 2 and mnist["tfrnn"] > 0
+    assert 0 < mnist["bound_share"] < 1
     assert mnist["torch"] == PEER_IMAGES_PER_SECOND
     assert mnist["ratio"] == pytest.approx(mnist["tfrnn"] / PEER_IMAGES_PER_SECOND)
     echo = by_key[("echo (5, 4) explicit", "epoch seconds")]
@@ -304,7 +305,7 @@ def test_presets_and_echo_alternate_with_the_tf1_peer(
     table = lines[-2].splitlines()
     assert "| TF1 | ratio to TF1 |" in table[0]
     assert (
-        "| --preset C1 train, whole epochs | epoch seconds (epoch 3) | 15 | - | - | 20 | 1.33 |"
+        "| --preset C1 train, whole epochs | epoch seconds (epoch 3) | 15 | - | - | 20 | 1.33 | - |"
         in table
     )
 
@@ -357,3 +358,15 @@ def test_the_tf1_peer_trains_whole_epochs_as_long_as_tfrnns(tiny_mnist):
          "--epochs", "1", "--size", "100000"],
     )  # fmt: skip
     assert echo["seconds"] > 0 and echo["num_steps"] == 5
+
+
+def test_the_compute_bound_counts_the_models_arithmetic():
+    # 128 units: 28 steps of a (28 + 128) x 512 matmul at 2 FLOP a multiply-add, and the
+    # 128 x 10 classifier; training three times that, about 13.4 MFLOP an image.
+    forward = 28 * 2 * (28 + 128) * 512 + 2 * 128 * 10
+    assert bench.lstm_flops_per_image(128, training=False) == forward
+    assert bench.lstm_flops_per_image(128, training=True) == 3 * forward
+    # 10,000 images/s of training on a 180 GFLOP/s machine: about 75% of its bound.
+    share = bench.bound_share(10_000, 128, 180.0, training=True)
+    assert share == pytest.approx(10_000 * 3 * forward / 180e9) and 0.74 < share < 0.75
+    assert 1 < bench.matmul_gflops(size=256, repeats=2) < 100_000

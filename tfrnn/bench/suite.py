@@ -147,7 +147,7 @@ class Options:
     presets: tuple = PRESETS
     preset_epochs: int = 2  # whole epochs of each preset: the first with one-off costs
     mnist_dir: str | None = None  # the presets' IDX files; None: a synthetic set
-    serving_calls: int = 300  # batch-1 requests timed; a tenth as many of batch 256
+    serving_calls: int = 1000  # batch-1 requests timed; a tenth as many of batch 256
     output_dir: str = "runs/bench"
     compile_cache: str = ""  # the one-epoch echo runs' --compile_cache; "": none
 
@@ -383,19 +383,51 @@ def _format_ratio(value) -> str:
 
 
 def format_table(records: list[dict]) -> str:
-    """A Markdown table of the records: workload, metric, tfrnn, each peer and its ratio."""
+    """A Markdown table of the records: workload, metric, tfrnn, each peer and its ratio,
+    and tfrnn's share of the compute bound where it has one."""
     lines = [
         "| workload | metric | tfrnn | PyTorch | ratio to PyTorch (>1: tfrnn ahead) | TF1 | "
-        "ratio to TF1 |",
-        "|---|---|---|---|---|---|---|",
+        "ratio to TF1 | tfrnn, share of the compute bound |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for record in records:
+        share = record.get("bound_share")
         lines.append(
             f"| {record['workload']} | {record['metric']} | {_format(record['tfrnn'])} | "
             f"{_format(record['torch'])} | {_format_ratio(record['ratio'])} | "
-            f"{_format(record['tf1'])} | {_format_ratio(record['tf1_ratio'])} |"
+            f"{_format(record['tf1'])} | {_format_ratio(record['tf1_ratio'])} | "
+            f"{'-' if share is None else f'{share:.0%}'} |"
         )
     return "\n".join(lines)
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """This machine's float32 matmul speed, GFLOP/s: the best of ``repeats`` products of two
+    ``size`` x ``size`` matrices by numpy (its BLAS, every core), the rate that bounds the
+    models' matmuls."""
+    rng = np.random.default_rng(0)
+    left, right = (rng.random((size, size), dtype=np.float32) for _ in range(2))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.matmul(left, right)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def lstm_flops_per_image(units: int, *, training: bool) -> float:
+    """Multiply-adds (2 FLOP each) of the row LSTM on one image: 28 steps of the gates'
+    (28 + units) x 4 units matmul, and the classifier; training adds the two matmuls of the
+    backward pass (gradients of inputs and of weights): three times the forward's."""
+    rows = mnist_data.IMAGE_SIZE
+    forward = rows * 2 * (rows + units) * 4 * units + 2 * units * mnist_data.NUM_CLASSES
+    return 3 * forward if training else forward
+
+
+def bound_share(images_per_second: float, units: int, gflops: float, *, training: bool):
+    """``images_per_second`` as a share of the compute bound: ``gflops`` spent on nothing
+    but the model's arithmetic (:func:`lstm_flops_per_image`)."""
+    return images_per_second * lstm_flops_per_image(units, training=training) / (gflops * 1e9)
 
 
 @dataclasses.dataclass
@@ -414,6 +446,7 @@ class Figures:
     torch: dict = dataclasses.field(default_factory=dict)
     tf1: dict = dataclasses.field(default_factory=dict)
     torch_threads: set = dataclasses.field(default_factory=set)
+    gflops: float = 0.0  # the machine's matmul speed (matmul_gflops), for the bound shares
 
     def measure(self, key: tuple, measurement, *args):
         """Notes the load, runs ``measurement(*args)`` and keeps its figure (the first item
@@ -523,10 +556,12 @@ def _mnist_records(options: Options, figures: Figures) -> list[dict]:
         key = ("mnist", path)
         if key in figures.tfrnn:
             workload = f"MNIST train, {MNIST_PATHS[path]}"
-            records.append(
-                make_record(workload, "images/s", figures.tfrnn[key],
-                            figures.torch.get(("mnist",)), figures.load[key])
-            )  # fmt: skip
+            record = make_record(workload, "images/s", figures.tfrnn[key],
+                                 figures.torch.get(("mnist",)), figures.load[key])  # fmt: skip
+            record["bound_share"] = bound_share(
+                record["tfrnn"], options.units, figures.gflops, training=True
+            )
+            records.append(record)
     return records
 
 
@@ -569,7 +604,7 @@ def _preset_records(options: Options, figures: Figures) -> list[dict]:
     return records
 
 
-def _serving_records(options: Options, log) -> list[dict]:
+def _serving_records(options: Options, gflops: float, log) -> list[dict]:
     """The serving figures (no PyTorch peer), measured once."""
     load = [_load()]
     figures = serving_figures(options)
@@ -584,7 +619,9 @@ def _serving_records(options: Options, log) -> list[dict]:
         make_record("serving, batch 1", "latency ms (p99)", [figures["latency_p99_ms"]],
                     load=load),
         make_record("serving, batch 256", "images/s",
-                    [figures["batch256_images_per_second"]], load=load),
+                    [figures["batch256_images_per_second"]], load=load,
+                    bound_share=bound_share(figures["batch256_images_per_second"],
+                                            options.units, gflops, training=False)),
     ]  # fmt: skip
 
 
@@ -649,7 +686,8 @@ def run(
         "tf1": tf1_peer(tf1_python) if tf1_python else None,
     }
     environment = _environment(options, peers)
-    figures = Figures()
+    figures = Figures(gflops=matmul_gflops())
+    environment["matmul_gflops"] = figures.gflops
     _measure_rounds(options, peers, figures, log)
     records = [
         *_mnist_records(options, figures),
@@ -657,7 +695,7 @@ def run(
         *_preset_records(options, figures),
     ]
     if "serving" in options.workloads:
-        records += _serving_records(options, log)
+        records += _serving_records(options, figures.gflops, log)
     environment["load_average_end"] = list(os.getloadavg())
     environment["torch_threads"] = sorted(figures.torch_threads) or None
     _write_results(options.output_dir, records, environment)
