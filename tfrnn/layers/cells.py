@@ -147,8 +147,8 @@ class RNN(keras.layers.RNN):
     def _static_rnn(self, sequences, initial_state, training):
         """The unrolled loop, TF1's ``static_rnn``: one cell call per time step in the graph.
 
-        Keras' own unrolled loop, but each step's incoming states pass through
-        :func:`gradient_computed_once`, which changes no number.
+        Keras' own unrolled loop, but each step's incoming states other than the previous
+        step's output pass through :func:`gradient_computed_once`, which changes no number.
 
         Args:
           sequences: (batch, time, features), time static.
@@ -163,9 +163,14 @@ class RNN(keras.layers.RNN):
         states = list(initial_state) if nested else [initial_state]
         takes_training = "training" in inspect.signature(self.cell.call).parameters
         cell_kwargs = {"training": training} if takes_training else {}
-        outputs = []
+        outputs, output = [], None
         for inputs in tf.unstack(sequences, axis=1):
-            states = [gradient_computed_once(state) for state in states]
+            # A state that is the previous step's output gets its gradient through this
+            # step's matmul, which XLA never fuses into its consumers; the others (an LSTM's
+            # carry) only through elementwise ops.
+            states = [
+                state if state is output else gradient_computed_once(state) for state in states
+            ]
             output, states = self.cell(inputs, states, **cell_kwargs)
             states = list(states) if isinstance(states, (list, tuple)) else [states]
             outputs.append(output)
