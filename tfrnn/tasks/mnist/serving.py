@@ -56,10 +56,10 @@ def _checked(rows) -> tf.Tensor:
 def unrolled_copy(model: keras.Model) -> keras.Model:
     """``model`` with its recurrent layers unrolled over the 28 rows, and the same weights.
 
-    Served, the unrolled graph answers a one-image request in about 25% less time than the
-    while loop (0.79-0.88 against 1.09 ms at the median, experiments/bench/README.md): the
-    request is a few hundred small ops, and TensorFlow's executor pays for each loop
-    iteration's frame on top of them. The numbers are the model's.
+    A one-image request is a few hundred small ops; served as a while loop, TensorFlow's
+    executor also runs each iteration's frame. Unrolled it has none: 0.79-0.88 against 1.09
+    ms at the median in one alternating measurement, about the same in a later one
+    (experiments/bench/README.md). The numbers are the model's.
     """
 
     def clone(layer):
