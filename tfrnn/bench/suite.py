@@ -277,20 +277,33 @@ def echo_epoch_seconds(options: Options, num_steps: int, state_size: int, mode: 
             f"--series_length={options.series_length}", "--epochs=1",
             f"--compile_cache={options.compile_cache}",
         ]  # fmt: skip
-        finished = subprocess.run(command, capture_output=True, text=True, env=_command_env())
-        if finished.returncode != 0:
-            last_line = (finished.stderr.strip().splitlines() or ["no output"])[-1]
-            raise UsageError(f"the echo command failed in the bench: {last_line}")
+        _run_tfrnn(command, {}, "the echo command failed in the bench")
         with open(os.path.join(workdir, "metrics.json")) as handle:
             one_epoch = json.load(handle)["epoch_seconds"][0]
     return metrics["epoch_seconds"][1], one_epoch
 
 
-def _command_env() -> dict:
-    """This environment, with the folder that holds ``tfrnn`` first on PYTHONPATH."""
+def _run_tfrnn(command: list[str], env: dict, failure: str) -> str:
+    """Runs ``command`` (a Python importing tfrnn) with this environment plus ``env``, the
+    folder that holds ``tfrnn`` first on PYTHONPATH; its stdout. UsageError ``failure: <the
+    last line of its stderr>`` when it fails."""
     package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     paths = [package_parent, os.environ.get("PYTHONPATH", "")]
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(path for path in paths if path))
+    python_path = os.pathsep.join(path for path in paths if path)
+    finished = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env, "PYTHONPATH": python_path},
+    )
+    if finished.returncode != 0:
+        raise UsageError(f"{failure}: {_last_line(finished.stderr)}")
+    return finished.stdout
+
+
+def _last_line(text: str) -> str:
+    """A process's last line of output, to say why it failed."""
+    return (text.strip().splitlines() or ["(no output)"])[-1]
 
 
 def preset_epoch_seconds(options: Options, preset: str, data_dir: str) -> tuple[float, float]:
@@ -347,9 +360,8 @@ def run_peer(peer: Peer, arguments: list[str]) -> dict:
     except OSError as error:
         raise UsageError(f"{peer.variable}={peer.python} cannot be run: {error}") from error
     if finished.returncode != 0:
-        lines = finished.stderr.strip().splitlines() or ["(no output)"]
         raise UsageError(
-            f"the {peer.name} peer failed ({' '.join(command)}): {lines[-1]}; "
+            f"the {peer.name} peer failed ({' '.join(command)}): {_last_line(finished.stderr)}; "
             f"{peer.variable} must name a Python with {peer.needs} installed"
         )
     return json.loads(finished.stdout.strip().splitlines()[-1])
@@ -435,14 +447,13 @@ class Figures:
     """Every figure the rounds measured, one a round, listed by what was measured.
 
     tfrnn keys are ``("mnist", path)``, ``("echo", num_steps, state_size, mode)`` and
-    ``("preset", name)`` (steady epoch seconds) with ``("preset first", name)`` (the first
-    epoch's); the peers' (``torch``, ``tf1``) are ``("mnist",)``, ``("echo", num_steps,
-    state_size)`` and the same preset keys.
+    ``("preset", name)`` (steady epoch seconds) with ``("echo first", num_steps, state_size,
+    mode)`` and ``("preset first", name)`` (the first epoch's); the peers' (``torch``,
+    ``tf1``) are ``("mnist",)``, ``("echo", num_steps, state_size)`` and the same preset keys.
     """
 
     tfrnn: dict = dataclasses.field(default_factory=dict)
     load: dict = dataclasses.field(default_factory=dict)  # the 1-minute load before each
-    first_seconds: dict = dataclasses.field(default_factory=dict)  # echo's first epochs
     torch: dict = dataclasses.field(default_factory=dict)
     tf1: dict = dataclasses.field(default_factory=dict)
     torch_threads: set = dataclasses.field(default_factory=set)
@@ -516,7 +527,7 @@ def _echo_round(options: Options, peers: dict, figures: Figures, log) -> None:
             seconds, first_seconds = figures.measure(
                 key, echo_epoch_seconds, options, num_steps, state_size, mode
             )
-            figures.first_seconds.setdefault(key, []).append(first_seconds)
+            figures.keep("tfrnn", ("echo first", *key[1:]), first_seconds)
             log(
                 f"tfrnn echo ({num_steps}, {state_size}) {mode}: {seconds:.3f} s"
                 f" an epoch ({first_seconds:.2f} s the first, compile included)"
@@ -581,7 +592,7 @@ def _echo_records(options: Options, figures: Figures) -> list[dict]:
             records += [
                 make_record(workload, "epoch seconds", figures.tfrnn[key], torch_runs, load,
                             tf1_runs),
-                make_record(workload, FIRST_ECHO_EPOCH, figures.first_seconds[key],
+                make_record(workload, FIRST_ECHO_EPOCH, figures.tfrnn[("echo first", *key[1:])],
                             torch_runs, load, tf1_runs),
             ]  # fmt: skip
     return records
@@ -618,16 +629,12 @@ def one_thread_serving_figures(options: Options) -> dict:
         "options = suite.Options(**json.loads(sys.argv[1]))\n"
         "print(json.dumps(suite.serving_figures(options)))\n"
     )
-    finished = subprocess.run(
+    output = _run_tfrnn(
         [sys.executable, "-c", script, json.dumps(dataclasses.asdict(options))],
-        capture_output=True,
-        text=True,
-        env={**_command_env(), **ONE_THREAD_ENV, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        {**ONE_THREAD_ENV, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        "the one-thread serving measurement failed",
     )
-    if finished.returncode != 0:
-        last_line = (finished.stderr.strip().splitlines() or ["no output"])[-1]
-        raise UsageError(f"the one-thread serving measurement failed: {last_line}")
-    return json.loads(finished.stdout.strip().splitlines()[-1])
+    return json.loads(_last_line(output))
 
 
 def _serving_records(options: Options, gflops: float, log) -> list[dict]:
