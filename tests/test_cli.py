@@ -95,3 +95,33 @@ def test_help_of_each_experiment_lists_the_strategy_flags(module):
     flag_lines = [line.strip() for line in result.stdout.splitlines()]
     for flag in ("--strategy:", "--cpu_replicas:"):
         assert any(line.startswith(flag) for line in flag_lines), flag
+
+
+@pytest.mark.parametrize(
+    "arguments, expected", [([], 1), (["--intra_op_threads=0"], 0), (["--intra_op_threads=3"], 3)]
+)
+def test_the_echo_command_sets_its_intra_op_threads_before_tensorflow_starts(arguments, expected):
+    # The command's own main replaced by one that runs an op and reports the runtime's count.
+    script = (
+        "from tfrnn import cli\n"
+        "from tfrnn.tasks.echo import main as echo_main\n"
+        "import tensorflow as tf\n"
+        "echo_main.main = lambda argv: print(float(tf.reduce_sum(tf.ones([4]))),"
+        " tf.config.threading.get_intra_op_parallelism_threads())\n"
+        f"cli.launch('tfrnn.tasks.echo.main', argv=['echo', *{arguments!r}])\n"
+    )
+    assert _python(script).stdout == f"4.0 {expected}\n"
+
+
+def test_a_negative_intra_op_thread_count_is_one_line_and_exit_2():
+    result = subprocess.run(
+        [sys.executable, "-m", "tfrnn.experiments.echo_deps", "--intra_op_threads=-2"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --intra_op_threads must be 0 (one per core) or more, got -2"
+    ]

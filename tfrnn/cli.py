@@ -66,33 +66,37 @@ def _exit_with(error: Exception):
     sys.exit(2)
 
 
-def _enable_compile_cache(argv) -> None:
-    """Turns on the command's ``--compile_cache`` (:mod:`tfrnn.engine.compile_cache`) before
-    absl's ``app.run``: importing TensorFlow registers a start-up callback of absl's (it
-    counts the GPUs) that starts TensorFlow's runtime, which reads ``TF_XLA_FLAGS`` then."""
+def _configure_runtime(argv) -> None:
+    """Applies the command's start-up flags, those it defines of ``--compile_cache``
+    (:mod:`tfrnn.engine.compile_cache`) and ``--intra_op_threads``
+    (:mod:`tfrnn.engine.threads`), before absl's ``app.run``: importing TensorFlow registers
+    a start-up callback of absl's (it counts the GPUs) that starts TensorFlow's runtime,
+    which reads both then."""
     from absl import flags
 
-    from tfrnn.engine import compile_cache
+    from tfrnn.engine import compile_cache, threads
 
     try:
         flags.FLAGS(list(sys.argv if argv is None else argv), known_only=True)
-        compile_cache.enable(flags.FLAGS.compile_cache)
+        if "compile_cache" in flags.FLAGS:
+            compile_cache.enable(flags.FLAGS.compile_cache)
+        if "intra_op_threads" in flags.FLAGS:
+            threads.set_intra_op_threads(flags.FLAGS.intra_op_threads)
     except (flags.Error, UsageError) as error:
         _exit_with(error)
 
 
 def launch(module_name: str, argv=None) -> None:
     """The whole of an entry point: quiets TensorFlow, then imports ``module_name``, defines
-    its flags (its ``define_flags()``, if it has one), turns on its ``--compile_cache`` if it
-    has one, and runs its ``main(argv)``."""
+    its flags (its ``define_flags()``, if it has one), applies its start-up flags
+    (:func:`_configure_runtime`), and runs its ``main(argv)``."""
     from absl import flags
 
     quiet_tensorflow()
     module = importlib.import_module(module_name)
     if hasattr(module, "define_flags"):
         module.define_flags()
-    if "compile_cache" in flags.FLAGS:
-        _enable_compile_cache(argv)
+    _configure_runtime(argv)
     # --help prints the docstring of __main__ and the key flags of the program's file
     # (sys.argv[0]), here the thin entry point: give it those of the module behind it.
     sys.modules["__main__"].__doc__ = module.__doc__

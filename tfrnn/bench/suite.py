@@ -11,12 +11,13 @@ Workloads, on the shapes of their peers (:mod:`tfrnn.bench.torch_peer`, the TF1 
    ``default`` (what ``mnist_model.build_model(Config())`` builds: ``tfrnn.layers.cells.RNN`` around
    ``LSTMCell``, a while loop), ``unrolled`` (``--unroll``, tutorial C2's static_rnn) and
    ``keras_lstm`` (``keras.layers.LSTM``, what a Keras user writes).
-2. Echo training (:func:`tfrnn.tasks.echo.train.train_and_evaluate`, 100 windows per compiled
-   call): seconds of one epoch over a 1,000,000-step series for (num_steps, state) (5, 4)
-   and (10, 16), in the stateful-layer and explicit-state modes: a steady epoch (the second
-   of a two-epoch run), and a one-epoch run's epoch in a fresh process with its tracing and
-   XLA compilation, or the compiled program loaded from ``--compile_cache`` when an earlier
-   run left it there (the first round fills an empty cache), each against the peers' epoch.
+2. Echo training (the echo command, ``python -m tfrnn.experiments.echo_deps``, in a fresh
+   process as a user starts it; 100 windows per compiled call): seconds of one epoch over a
+   1,000,000-step series for (num_steps, state) (5, 4) and (10, 16), in the stateful-layer
+   and explicit-state modes, from one two-epoch run: a steady epoch (the second), and the
+   first, which is a one-epoch run's epoch with its tracing and XLA compilation, or the
+   compiled program loaded from ``--compile_cache`` when an earlier run left it there (the
+   first round fills an empty cache), each against the peers' epoch.
 3. The tutorials' presets C1, C2, C3: ``options.preset_epochs`` (2) whole epochs of
    ``--preset``'s training (:func:`tfrnn.tasks.mnist.train.make_task`: its model, batch,
    optimiser, data pipeline and loop) on ``--mnist_dir``'s IDX files, else on a synthetic
@@ -70,7 +71,6 @@ from tfrnn.engine.loop import seed_and_make_deterministic
 from tfrnn.errors import UsageError
 from tfrnn.serving.tf_serving import DEFAULT_SIGNATURE
 from tfrnn.tasks.echo import config as echo_config
-from tfrnn.tasks.echo import train as echo_train
 from tfrnn.tasks.mnist import config as mnist_settings
 from tfrnn.tasks.mnist import model as mnist_model
 from tfrnn.tasks.mnist import serving as mnist_serving
@@ -258,29 +258,21 @@ def _epoch_seconds(task: training.Task, config, name: str) -> list[float]:
 def echo_epoch_seconds(options: Options, num_steps: int, state_size: int, mode: str):
     """(seconds of a steady epoch, of a one-epoch run's epoch: with its tracing and compile).
 
-    The steady epoch is the second of a two-epoch run in this process. The one-epoch run is
-    the echo command in a fresh process, as a user starts it, with ``options.compile_cache``
-    (where a previous run of the same configuration left the compiled program, if any)."""
-    config = echo_config.EchoConfig(
-        num_steps=num_steps,
-        state_size=state_size,
-        mode=mode,
-        epochs=2,
-        series_length=options.series_length,
-    )
-    with tempfile.TemporaryDirectory(prefix="tfrnn_bench_") as workdir:
-        metrics = echo_train.train_and_evaluate(config, workdir, verbose=0)
+    Both from one two-epoch run of the echo command in a fresh process, as a user starts it
+    (its own thread setting, ``options.compile_cache`` where a previous run of the same
+    configuration left the compiled program, if any): the second epoch is the steady one,
+    and the first is what a one-epoch run's epoch is, the same program compiled or loaded."""
     with tempfile.TemporaryDirectory(prefix="tfrnn_bench_") as workdir:
         command = [
             sys.executable, "-m", "tfrnn.experiments.echo_deps", f"--workdir={workdir}",
             f"--num_steps={num_steps}", f"--state_size={state_size}", f"--mode={mode}",
-            f"--series_length={options.series_length}", "--epochs=1",
+            f"--series_length={options.series_length}", "--epochs=2",
             f"--compile_cache={options.compile_cache}",
         ]  # fmt: skip
         _run_tfrnn(command, {}, "the echo command failed in the bench")
         with open(os.path.join(workdir, "metrics.json")) as handle:
-            one_epoch = json.load(handle)["epoch_seconds"][0]
-    return metrics["epoch_seconds"][1], one_epoch
+            first, steady = json.load(handle)["epoch_seconds"]
+    return steady, first
 
 
 def _run_tfrnn(command: list[str], env: dict, failure: str) -> str:

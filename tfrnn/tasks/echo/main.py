@@ -18,7 +18,7 @@ import os
 
 from absl import flags, logging
 
-from tfrnn.engine import compile_cache, distribute
+from tfrnn.engine import compile_cache, distribute, threads
 from tfrnn.engine import workdir as workdir_lib
 from tfrnn.errors import UsageError
 from tfrnn.tasks.echo import config as echo_config
@@ -93,6 +93,10 @@ def define_flags() -> None:
     flags.adopt_module_key_flags(workdir_lib)
     compile_cache.define_flags(flags)
     flags.adopt_module_key_flags(compile_cache)
+    # A window is about a hundred tiny thunks: handing them between threads costs more than
+    # it saves (tfrnn.engine.threads).
+    threads.define_flags(flags, default=1)
+    flags.adopt_module_key_flags(threads)
     flags.DEFINE_string(
         "styles_dir", None, "Where --suite styles writes its table and plots. Default: --workdir."
     )
