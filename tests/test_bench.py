@@ -138,6 +138,9 @@ def test_runs_alternate_with_the_peer_and_records_hold_the_ratios(tmp_path, fake
     with open(tmp_path / "out" / "environment.json") as handle:
         environment = json.load(handle)
     assert environment["torch_threads"] == [2] and len(environment["load_average_end"]) == 3
+    # The bound uses the faster of the run's two matmul measurements.
+    ends = [environment["matmul_gflops_start"], environment["matmul_gflops_end"]]
+    assert min(ends) > 0 and environment["matmul_gflops"] == max(ends)
 
 
 def test_without_torch_python_the_column_is_skipped(tmp_path):
