@@ -4,7 +4,7 @@ TensorFlow's default is one thread per core. A compiled XLA program runs its ind
 parts (its thunks) side by side on those threads, which pays when the parts are large (the
 MNIST step's row shards) and costs when they are tiny: each hand-over wakes a thread, and a
 window of the echo task is about a hundred thunks of a few microseconds each. Its runs of
-windows take 15-30% less time on one thread (experiments/bench/README.md), so the echo
+windows take 15-35% less time on one thread (experiments/bench/README.md), so the echo
 command defaults to one (``--intra_op_threads``).
 
 The number is fixed when TensorFlow's runtime starts: :func:`tfrnn.cli.launch` sets it
