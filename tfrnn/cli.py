@@ -71,17 +71,22 @@ def _configure_runtime(argv) -> None:
     (:mod:`tfrnn.engine.compile_cache`) and ``--intra_op_threads``
     (:mod:`tfrnn.engine.threads`), before absl's ``app.run``: importing TensorFlow registers
     a start-up callback of absl's (it counts the GPUs) that starts TensorFlow's runtime,
-    which reads both then."""
+    which reads both then. A command that defines neither parses nothing here."""
     from absl import flags
 
     from tfrnn.engine import compile_cache, threads
 
+    appliers = {
+        "compile_cache": compile_cache.enable,
+        "intra_op_threads": threads.set_intra_op_threads,
+    }
+    defined = {name: apply for name, apply in appliers.items() if name in flags.FLAGS}
+    if not defined:
+        return
     try:
         flags.FLAGS(list(sys.argv if argv is None else argv), known_only=True)
-        if "compile_cache" in flags.FLAGS:
-            compile_cache.enable(flags.FLAGS.compile_cache)
-        if "intra_op_threads" in flags.FLAGS:
-            threads.set_intra_op_threads(flags.FLAGS.intra_op_threads)
+        for name, apply in defined.items():
+            apply(flags.FLAGS[name].value)
     except (flags.Error, UsageError) as error:
         _exit_with(error)
 
