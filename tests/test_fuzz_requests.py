@@ -27,12 +27,21 @@ FUZZ = settings(
     derandomize=True,  # the same cases on every run: a failure is reproducible in CI
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-TRIED = {}  # (signature, "answered" or "refused") -> cases, printed by the last test
 
 
-def _count(name, valid):
-    key = (name, "answered" if valid else "refused")
-    TRIED[key] = TRIED.get(key, 0) + 1
+@pytest.fixture
+def tried():
+    """One test's cases, counted as answered or refused; after its last case (hypothesis runs
+    them all in one call of the test), each kind was drawn and max_examples in all."""
+    counts = {"answered": 0, "refused": 0}
+    yield counts
+    print(f"fuzzed requests: {counts}")
+    assert counts["answered"] > 0 and counts["refused"] > 0, counts
+    assert sum(counts.values()) >= FUZZ.max_examples, counts
+
+
+def _count(tried, valid):
+    tried["answered" if valid else "refused"] += 1
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +127,7 @@ def _refused(server, signature, inputs, names):
         st.sampled_from(["unit", "unit", "unit", "binary", "wide", "nan", "inf"]),
     )
 )
-def test_mnist_rows_are_answered_like_keras_or_refused_by_name(served, rows):
+def test_mnist_rows_are_answered_like_keras_or_refused_by_name(served, tried, rows):
     model, server = served["mnist"]
     converted = rows.astype(np.float32) if _numeric(rows, integral=False) else None
     valid = (
@@ -129,7 +138,7 @@ def test_mnist_rows_are_answered_like_keras_or_refused_by_name(served, rows):
         and bool(np.all(np.isfinite(converted)))
         and bool(np.all((converted >= 0) & (converted <= 1)))
     )
-    _count("mnist serving_default", valid)
+    _count(tried, valid)
     if not valid:
         _refused(server, "serving_default", {"rows": rows}, ["rows"])
         return
@@ -157,7 +166,7 @@ def _echo_reference(model, symbols, states):
         st.sampled_from(["binary", "binary", "binary", "unit", "wide", "nan", "inf"]),
     )
 )
-def test_echo_sequences_are_answered_like_keras_or_refused_by_name(served, symbols):
+def test_echo_sequences_are_answered_like_keras_or_refused_by_name(served, tried, symbols):
     model, server = served["echo"]
     valid = (
         _numeric(symbols, integral=True)
@@ -165,7 +174,7 @@ def test_echo_sequences_are_answered_like_keras_or_refused_by_name(served, symbo
         and symbols.size > 0
         and bool(np.all((symbols == 0) | (symbols == 1)))
     )
-    _count("echo serving_default", valid)
+    _count(tried, valid)
     if not valid:
         _refused(server, "serving_default", {"symbols": symbols}, ["symbols"])
         return
@@ -192,7 +201,7 @@ def test_echo_sequences_are_answered_like_keras_or_refused_by_name(served, symbo
     seed=st.integers(0, 2**31),
 )
 def test_echo_steps_are_answered_like_keras_or_refused_by_name(
-    served, symbols, state_shape, state_kind, seed
+    served, tried, symbols, state_shape, state_kind, seed
 ):
     model, server = served["echo"]
     rows = len(symbols) if symbols.ndim else 1
@@ -207,7 +216,7 @@ def test_echo_steps_are_answered_like_keras_or_refused_by_name(
         and all(bool(np.all(np.isfinite(state))) for state in states)
     )
     inputs = {"symbols": symbols, "h": states[0], "c": states[1]}
-    _count("echo step", valid)
+    _count(tried, valid)
     if not valid:
         _refused(server, "step", inputs, ["symbols", "h", "c"])
         return
@@ -218,12 +227,5 @@ def test_echo_steps_are_answered_like_keras_or_refused_by_name(
     np.testing.assert_allclose(answer["c"], c, atol=1e-5)
 
 
-def test_every_signature_was_fuzzed():
-    # Runs after the three above (file order): each drew its full number of cases.
-    print(f"fuzzed requests: {TRIED}")
-    signatures = ("mnist serving_default", "echo serving_default", "echo step")
-    # Each signature both answered and refused requests, max_examples in all.
-    assert set(TRIED) == {(name, end) for name in signatures for end in ("answered", "refused")}
-    for name in signatures:
-        assert TRIED[name, "answered"] + TRIED[name, "refused"] >= FUZZ.max_examples
+def test_the_echo_lstm_state_is_h_and_c_of_the_declared_width():
     assert state_sizes("lstm", STATE_SIZE) == [STATE_SIZE, STATE_SIZE]
