@@ -16,6 +16,7 @@ from absl import flags
 from export_testing import mnist_model, random_images, rest_to_tensors, save_workdir
 
 from tfrnn.errors import UsageError
+from tfrnn.layers.serving_rnn import FUSED_MAX_ROWS
 from tfrnn.serving import export, tf_serving
 from tfrnn.serving.spec import serving_tasks
 
@@ -55,9 +56,10 @@ def test_signature_has_named_inputs_and_outputs(mnist):
     assert description["version"] == 1 and description["task"] == "mnist"
 
 
-def test_tf_serving_path_matches_keras(mnist):
+@pytest.mark.parametrize("batch", [6, FUSED_MAX_ROWS + 1])  # the fused LSTM op, the steps
+def test_tf_serving_path_matches_keras(mnist, batch):
     model, _, export_dir, _ = mnist
-    images = random_images(6)
+    images = random_images(batch)
     outputs = tf_serving.run_like_tf_serving(
         os.path.join(export_dir, "1"), "serving_default", {"rows": images}
     )
@@ -73,8 +75,9 @@ def test_graph_has_no_cudnn_ops_and_the_check_catches_them(mnist, tmp_path):
     types = tf_serving.op_types(os.path.join(export_dir, "1"))
     graph = tf_serving.read_saved_model(os.path.join(export_dir, "1")).meta_graphs[0].graph_def
     # The model's ops live in the function library, which the top-level graph only calls:
-    # finding them shows the library was walked. The served copy is unrolled: no time loop.
-    assert {"MatMul", "Sigmoid"} <= types - {node.op for node in graph.node}
+    # finding them shows the library was walked. The served copy is unrolled (no time loop),
+    # its LSTM also one BlockLSTMV2 op for batches of up to FUSED_MAX_ROWS rows.
+    assert {"MatMul", "Sigmoid", "BlockLSTMV2"} <= types - {node.op for node in graph.node}
     assert not types & {"While", "StatelessWhile"}
     assert not [op for op in types if op.startswith("CudnnRNN")]
 

@@ -14,6 +14,7 @@ import tensorflow as tf
 from tfrnn.data.mnist import IMAGE_SIZE
 from tfrnn.errors import UsageError
 from tfrnn.layers.cells import RNN, ConcatRNNCell
+from tfrnn.layers.serving_rnn import ServingRNN
 from tfrnn.serving import checks
 from tfrnn.serving.spec import ServingSpec
 from tfrnn.serving.tf_serving import DEFAULT_SIGNATURE
@@ -53,19 +54,23 @@ def _checked(rows) -> tf.Tensor:
     return rows
 
 
-def unrolled_copy(model: keras.Model) -> keras.Model:
-    """``model`` with its recurrent layers unrolled over the 28 rows, and the same weights.
+def serving_copy(model: keras.Model) -> keras.Model:
+    """``model`` with the same weights, each recurrent layer unrolled over the 28 rows.
 
     A one-image request is a few hundred small ops; served as a while loop, TensorFlow's
-    executor also runs each iteration's frame. Unrolled it has none: 0.79-0.88 against 1.09
-    ms at the median in one alternating measurement, about the same in a later one
-    (experiments/bench/README.md). The numbers are the model's.
+    executor also runs each iteration's frame. Unrolled it has none. tfrnn's LSTM layers
+    become :class:`~tfrnn.layers.serving_rnn.ServingRNN`, which runs batches of up to 128
+    rows as one ``BlockLSTMV2`` op (outputs equal to float32 rounding; the p99 of a
+    one-image request about halves, experiments/bench/README.md); other layers keep their
+    class, unrolled.
     """
 
     def clone(layer):
         config = layer.get_config()
         if isinstance(layer, keras.layers.RNN):
             config["unroll"] = True
+            if type(layer) is RNN:
+                return ServingRNN.from_config(config)
         return layer.__class__.from_config(config)
 
     copy = keras.models.clone_model(model, clone_function=clone)
@@ -75,8 +80,8 @@ def unrolled_copy(model: keras.Model) -> keras.Model:
 
 def archive(model: keras.Model) -> keras.export.ExportArchive:
     """The MNIST serving module: ``serving_default`` (rows) -> probabilities, classes, served
-    by the model's :func:`unrolled_copy`."""
-    model = unrolled_copy(model)
+    by the model's :func:`serving_copy`."""
+    model = serving_copy(model)
     export_archive = keras.export.ExportArchive()
     # Tracking the model exports its variables: a signature that only closed over them would
     # load in TF2 but not in TF Serving's (TF1 session) loader.
