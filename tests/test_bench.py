@@ -376,3 +376,38 @@ def test_the_compute_bound_counts_the_models_arithmetic():
     share = bench.bound_share(10_000, 128, 180.0, training=True)
     assert share == pytest.approx(10_000 * 3 * forward / 180e9) and 0.74 < share < 0.75
     assert 1 < bench.matmul_gflops(size=256, repeats=2) < 100_000
+
+
+def test_the_matmul_ceiling_is_the_lstms_matmuls_and_beats_the_whole_step(tmp_path):
+    # The matmuls are the LSTM's: the weight gradients equal a hand loop's over 3 steps.
+    rng = np.random.default_rng(0)
+    rows = rng.random((3, 2, 5), dtype=np.float32)
+    kernel, recurrent_kernel = rng.random((5, 8), np.float32), rng.random((2, 8), np.float32)
+    states, state = [], np.zeros((2, 2), np.float32)
+    for row in rows:
+        states.append(state)
+        state = (row @ kernel + state @ recurrent_kernel)[:, :2] * 1e-2
+    kernel_gradient, recurrent_gradient = np.zeros_like(kernel), np.zeros_like(recurrent_kernel)
+    state_gradient = np.ones((2, 2), np.float32)
+    for row, previous in reversed(list(zip(rows, states, strict=True))):
+        gates_gradient = np.tile(state_gradient, (1, 4)) * 1e-2
+        recurrent_gradient += previous.T @ gates_gradient
+        kernel_gradient += row.T @ gates_gradient
+        state_gradient = gates_gradient @ recurrent_kernel.T
+    got = bench._lstm_matmuls(rows, kernel, recurrent_kernel)
+    np.testing.assert_allclose(got[0], kernel_gradient, rtol=1e-5)
+    np.testing.assert_allclose(got[1], recurrent_gradient, rtol=1e-5)
+    # Its line: after the default path's, in images/s, above it (no gates, no optimiser).
+    options = bench.Options(
+        rounds=1,
+        batches=8,
+        batch_size=16,
+        units=8,
+        mnist_paths=("default", "matmuls"),
+        workloads=("mnist",),
+        output_dir=str(tmp_path),
+    )
+    default, ceiling = bench.run(options, None, log=lambda line: None)
+    assert ceiling["workload"] == "MNIST train, the default step's matmuls alone (a ceiling)"
+    assert ceiling["metric"] == "images/s" and ceiling["bound_share"] > 0
+    assert ceiling["tfrnn"] > default["tfrnn"] > 0

@@ -10,7 +10,9 @@ Workloads, on the shapes of their peers (:mod:`tfrnn.bench.torch_peer`, the TF1 
    bookkeeping, plus one evaluation batch). One figure per recurrent path tfrnn offers:
    ``default`` (what ``mnist_model.build_model(Config())`` builds: ``tfrnn.layers.cells.RNN`` around
    ``LSTMCell``, a while loop), ``unrolled`` (``--unroll``, tutorial C2's static_rnn) and
-   ``keras_lstm`` (``keras.layers.LSTM``, what a Keras user writes).
+   ``keras_lstm`` (``keras.layers.LSTM``, what a Keras user writes); and ``matmuls``, a
+   ceiling: a step of nothing but the default path's matmuls
+   (:func:`matmuls_images_per_second`).
 2. Echo training (the echo command, ``python -m tfrnn.experiments.echo_deps``, in a fresh
    process as a user starts it; 100 windows per compiled call): seconds of one epoch over a
    1,000,000-step series for (num_steps, state) (5, 4) and (10, 16), in the stateful-layer
@@ -88,6 +90,7 @@ MNIST_PATHS = {
     "default": "default: RNN(LSTMCell) loop",
     "unrolled": "RNN(LSTMCell) unrolled",
     "keras_lstm": "keras.layers.LSTM",
+    "matmuls": "the default step's matmuls alone (a ceiling)",
 }
 ECHO_CONFIGS = ((5, 4), (10, 16))
 ECHO_MODES = ("stateful", "explicit")
@@ -214,7 +217,10 @@ def mnist_config(options: Options, path: str) -> mnist_settings.Config:
 
 
 def mnist_train_images_per_second(options: Options, path: str) -> float:
-    """Images/s of the second of two epochs of ``options.batches`` steps of training.fit."""
+    """Images/s of the second of two epochs of ``options.batches`` steps of training.fit
+    (path ``matmuls``: :func:`matmuls_images_per_second`)."""
+    if path == "matmuls":
+        return matmuls_images_per_second(options)
     config = mnist_config(options, path)
     rng = np.random.default_rng(0)
     distinct = min(options.batches, 20)  # a few distinct batches, repeated: small memory
@@ -238,6 +244,58 @@ def mnist_train_images_per_second(options: Options, path: str) -> float:
     if seconds <= 0:
         raise UsageError(f"--batches {options.batches} is too few steps to time")
     return options.batches * options.batch_size / seconds
+
+
+def _lstm_matmuls(rows, kernel, recurrent_kernel):
+    """The matmuls of one LSTM forward and backward pass over ``rows`` (time, batch,
+    features), and nothing else: per step ``x . kernel`` and ``h . recurrent_kernel``, then
+    backwards ``hᵀ . dz``, ``xᵀ . dz`` and ``dz . recurrent_kernelᵀ``. Each step's state is
+    a slice of the last product (scaled to stay finite), so the steps stay a chain, as in
+    the LSTM. Returns the two weight gradients."""
+    units = recurrent_kernel.shape[0]
+    state = tf.zeros((rows.shape[1], units))
+    states = [state]
+    for row in tf.unstack(rows):
+        state = (tf.matmul(row, kernel) + tf.matmul(state, recurrent_kernel))[:, :units] * 1e-2
+        states.append(state)
+    kernel_gradient, recurrent_gradient = tf.zeros_like(kernel), tf.zeros_like(recurrent_kernel)
+    state_gradient = tf.ones_like(state)
+    for row, previous in reversed(list(zip(tf.unstack(rows), states[:-1], strict=True))):
+        gates_gradient = tf.tile(state_gradient, (1, 4)) * 1e-2
+        recurrent_gradient += tf.matmul(previous, gates_gradient, transpose_a=True)
+        kernel_gradient += tf.matmul(row, gates_gradient, transpose_a=True)
+        state_gradient = tf.matmul(gates_gradient, recurrent_kernel, transpose_b=True)
+    return kernel_gradient, recurrent_gradient
+
+
+def matmuls_images_per_second(options: Options) -> float:
+    """Images/s of a training step that does nothing but the default path's matmuls
+    (:func:`_lstm_matmuls`): no gate, loss, optimiser or loop. The faster of two layouts:
+    the whole batch in one XLA call (larger matmuls, which XLA spreads over the cores), and
+    the training step's row shards side by side, each its own XLA call. No real step of
+    this model can beat it with this machine's kernels: a ceiling for the MNIST paths,
+    beside the compute bound (which assumes the large-matmul speed)."""
+    size, units = mnist_data.IMAGE_SIZE, options.units
+    rng = np.random.default_rng(0)
+    rows = tf.constant(rng.random((size, options.batch_size, size), dtype=np.float32))
+    kernel = tf.constant(rng.normal(0, 0.05, (size, 4 * units)).astype(np.float32))
+    recurrent_kernel = tf.constant(rng.normal(0, 0.05, (units, 4 * units)).astype(np.float32))
+    shard_matmuls = tf.function(_lstm_matmuls, jit_compile=True)
+    best = 0.0
+    for shards in sorted({1, training.batch_shards(tf.distribute.get_strategy())}):
+        bounds = [index * options.batch_size // shards for index in range(shards + 1)]
+        parts = [rows[:, start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+        step = tf.function(
+            lambda parts=parts: [shard_matmuls(part, kernel, recurrent_kernel) for part in parts]
+        )
+        for _ in range(3):  # tracing and compilation
+            step()[0][0].numpy()
+        start = time.perf_counter()
+        for _ in range(options.batches):
+            gradients = step()
+        gradients[0][0].numpy()
+        best = max(best, options.batches * options.batch_size / (time.perf_counter() - start))
+    return best
 
 
 def _epoch_seconds(task: training.Task, config, name: str) -> list[float]:
