@@ -33,11 +33,11 @@ def _pair(kind="lstm", fused_max_rows=None, go_backwards=False, **options):
 
 
 def _op_types(function, *specs) -> set[str]:
-    graph = function.get_concrete_function(*specs).graph
-    types = {node.type for node in graph.get_operations()}
-    for inner in graph._functions.values():  # tf.cond's branches
-        types |= {node.op for node in inner.definition.node_def}
-    return types
+    """The op types of ``function``'s graph for ``specs``, nested functions (tf.cond's
+    branches) included."""
+    graph = function.get_concrete_function(*specs).graph.as_graph_def()
+    nested = [node for inner in graph.library.function for node in inner.node_def]
+    return {node.op for node in [*graph.node, *nested]}
 
 
 @pytest.mark.parametrize(

@@ -253,14 +253,15 @@ def _lstm_matmuls(rows, kernel, recurrent_kernel):
     a slice of the last product (scaled to stay finite), so the steps stay a chain, as in
     the LSTM. Returns the two weight gradients."""
     units = recurrent_kernel.shape[0]
+    inputs = tf.unstack(rows)
     state = tf.zeros((rows.shape[1], units))
     states = [state]
-    for row in tf.unstack(rows):
+    for row in inputs:
         state = (tf.matmul(row, kernel) + tf.matmul(state, recurrent_kernel))[:, :units] * 1e-2
         states.append(state)
     kernel_gradient, recurrent_gradient = tf.zeros_like(kernel), tf.zeros_like(recurrent_kernel)
     state_gradient = tf.ones_like(state)
-    for row, previous in reversed(list(zip(tf.unstack(rows), states[:-1], strict=True))):
+    for row, previous in reversed(list(zip(inputs, states[:-1], strict=True))):
         gates_gradient = tf.tile(state_gradient, (1, 4)) * 1e-2
         recurrent_gradient += tf.matmul(previous, gates_gradient, transpose_a=True)
         kernel_gradient += tf.matmul(row, gates_gradient, transpose_a=True)

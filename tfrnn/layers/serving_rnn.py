@@ -3,10 +3,10 @@
 A served one-image request through the 28 unrolled steps of an LSTM is a few hundred small
 ops, and TensorFlow's executor hands them between its pool threads; the hand-offs, not the
 arithmetic, make the latency's tail. TensorFlow's ``BlockLSTMV2`` kernel (a core op, so
-in every TF Serving build) runs the whole sequence in one op. It is faster for batches of up
-to :data:`FUSED_MAX_ROWS` rows and slower beyond (its per-step matmuls are not spread over
-the cores the way the unrolled graph's independent ops are), so :class:`ServingRNN` takes it
-for those batches only. Measurements: experiments/bench/README.md.
+in every TF Serving build) runs the whole sequence in one op. On 2 cores it was about as fast
+as the unrolled steps or faster for batches of up to :data:`FUSED_MAX_ROWS` rows and slower
+beyond, so :class:`ServingRNN` takes it for those batches only. Measurements:
+experiments/bench/README.md.
 
 ``BlockLSTMV2`` is Keras' ``LSTMCell`` in one op: gates in Keras' order (input, forget,
 cell, output), ``sigmoid`` and ``tanh``, no clipping, no peepholes, the bias (which holds
@@ -22,13 +22,13 @@ import tensorflow as tf
 
 from tfrnn.layers.cells import RNN
 
-# Batches of up to this many rows take BlockLSTMV2; measured on 2 cores, where it was at
-# least as fast as the unrolled steps up to 128 rows and 40% slower at 256.
+# Batches of up to this many rows take BlockLSTMV2; measured on 2 cores, where it was about
+# as fast as the unrolled steps at 8 rows, 5-20% faster at 32 to 128 and 40% slower at 256.
 FUSED_MAX_ROWS = 128
 
 
 def fusable(layer: keras.layers.RNN) -> bool:
-    """Whether ``layer``'s inference is exactly ``BlockLSTMV2``'s arithmetic."""
+    """Whether ``layer``'s inference is ``BlockLSTMV2``'s arithmetic (up to summation order)."""
     cell = layer.cell
     return (
         isinstance(cell, keras.layers.LSTMCell)

@@ -58,11 +58,11 @@ def serving_copy(model: keras.Model) -> keras.Model:
     """``model`` with the same weights, each recurrent layer unrolled over the 28 rows.
 
     A one-image request is a few hundred small ops; served as a while loop, TensorFlow's
-    executor also runs each iteration's frame. Unrolled it has none. tfrnn's LSTM layers
-    become :class:`~tfrnn.layers.serving_rnn.ServingRNN`, which runs batches of up to 128
-    rows as one ``BlockLSTMV2`` op (outputs equal to float32 rounding; the p99 of a
-    one-image request about halves, experiments/bench/README.md); other layers keep their
-    class, unrolled.
+    executor also runs each iteration's frame. Unrolled it has none. tfrnn's recurrent
+    layers become :class:`~tfrnn.layers.serving_rnn.ServingRNN`, which also runs an LSTM's
+    batches of up to 128 rows as one ``BlockLSTMV2`` op (outputs equal to float32 rounding;
+    the p99 of a one-image request about halves, experiments/bench/README.md); Keras' own
+    recurrent layers keep their class, unrolled.
     """
 
     def clone(layer):
