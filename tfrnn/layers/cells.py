@@ -147,35 +147,45 @@ class RNN(keras.layers.RNN):
     def _static_rnn(self, sequences, initial_state, training):
         """The unrolled loop, TF1's ``static_rnn``: one cell call per time step in the graph.
 
-        Keras' own unrolled loop, but each step's incoming states other than the previous
-        step's output pass through :func:`gradient_computed_once`, which changes no number.
+        Keras' own unrolled loop, but each step's incoming leaf states other than the
+        previous step's output pass through :func:`gradient_computed_once`, which changes no
+        number.
 
         Args:
           sequences: (batch, time, features), time static.
-          initial_state: a state tensor (batch, state) or a list of them.
+          initial_state: the list of initial states, each a tensor (batch, state) or, for a
+            cell of cells (``StackedRNNCells``), a nested list of them.
           training: passed to the cell.
 
         Returns:
           Keras' inner-loop triple: the last output (batch, units); the outputs (batch,
-          time, units) with ``return_sequences``, else (batch, 1, units); the final states.
+          time, units) with ``return_sequences``, else (batch, 1, units); the final states,
+          in the structure the cell returns them.
         """
-        nested = isinstance(initial_state, (list, tuple))
-        states = list(initial_state) if nested else [initial_state]
+        states = initial_state
         takes_training = "training" in inspect.signature(self.cell.call).parameters
         cell_kwargs = {"training": training} if takes_training else {}
         outputs, output = [], None
         for inputs in tf.unstack(sequences, axis=1):
             # A state that is the previous step's output gets its gradient through this
             # step's matmul, which XLA never fuses into its consumers; the others (an LSTM's
-            # carry) only through elementwise ops.
-            states = [
-                state if state is output else gradient_computed_once(state) for state in states
-            ]
+            # carry) only through elementwise ops. As in Keras' loop, the cell gets a tuple
+            # of the states it returned, each in the structure it returned it.
+            states = tuple(_carried_states(states, output))
             output, states = self.cell(inputs, states, **cell_kwargs)
-            states = list(states) if isinstance(states, (list, tuple)) else [states]
+            if not keras.tree.is_nested(states):
+                states = [states]
             outputs.append(output)
         kept = outputs if self.return_sequences else outputs[-1:]
         return outputs[-1], tf.stack(kept, axis=1), states
+
+
+def _carried_states(states, output):
+    """``states`` (any nesting of (batch, size) tensors) in the same structure, each leaf
+    that is not the tensor ``output`` passed through :func:`gradient_computed_once`."""
+    return keras.tree.map_structure(
+        lambda state: state if state is output else gradient_computed_once(state), states
+    )
 
 
 @tf.custom_gradient
