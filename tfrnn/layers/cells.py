@@ -144,6 +144,15 @@ class RNN(keras.layers.RNN):
                 return self._static_rnn(sequences, initial_state, training)
             return super().inner_loop(sequences, initial_state, mask, training=training)
 
+    def reset_state(self):
+        """Zeroes a stateful layer's carried states, nested ones (a cell of cells) included.
+
+        ``keras.layers.RNN.reset_state`` assigns to each top-level state, and fails on a
+        ``StackedRNNCells``' list of per-cell state lists (keras 3.15).
+        """
+        for state in keras.tree.flatten(self.states or []):
+            state.assign(tf.zeros_like(state))
+
     def _static_rnn(self, sequences, initial_state, training):
         """The unrolled loop, TF1's ``static_rnn``: one cell call per time step in the graph.
 
