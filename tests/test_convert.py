@@ -16,7 +16,8 @@ import tensorflow as tf
 
 from tfrnn.errors import UsageError
 from tfrnn.serving import export
-from tfrnn.tf1 import convert
+from tfrnn.tf1 import convert, tutorials
+from tfrnn.tf1.checkpoint import OPTIMIZER_SCALARS, STEP_COUNTER
 
 # As a user runs it: the command quiets TensorFlow's start-up unless this is set.
 ENV = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
@@ -91,11 +92,11 @@ def save_tf1_checkpoint(prefix, variables: dict) -> str:
     ],
 )
 def test_recognises_each_tutorial_graph_and_its_sizes(variables, tutorial, expected):
-    found = convert.recognise(variables, tutorial)
+    found = tutorials.recognise(variables, tutorial)
     assert (found.tutorial, found.cell, found.units, found.projection) == expected
     # Optimizer slots are left out of the model's variables.
     assert not [name for name in found.variables if "Adam" in name or "Adagrad" in name]
-    assert len(found.variables) + len(found.optimizer_variables) == len(variables)
+    assert len(found.variables) + len(found.training) == len(variables)
     assert found.forget_bias == (None if expected[0] == "A" else 1.0)
 
 
@@ -108,8 +109,8 @@ def test_lstm_weights_compute_what_basic_lstm_cell_computes():
     # c' = c sigmoid(f + forget_bias) + sigmoid(i) tanh(j); h' = tanh(c') sigmoid(o).
     units, forget_bias = 5, 0.7
     variables = _lstm_classifier(units)
-    found = convert.recognise(variables, "C1", forget_bias=forget_bias)
-    model = convert.build_model(found)
+    found = tutorials.recognise(variables, "C1", forget_bias=forget_bias)
+    model = tutorials.build_model(found)
     images = np.random.default_rng(1).uniform(size=(3, 28, 28)).astype(np.float32)
     kernel, bias = variables["rnn/basic_lstm_cell/kernel"], variables["rnn/basic_lstm_cell/bias"]
     c = h = np.zeros((3, units))
@@ -180,11 +181,17 @@ BAD_CHECKPOINTS = {
     "another_model": (
         _arrays({"dense/kernel": (4, 3), "dense/bias": (3,)}),
         [],
-        "is not one of the tutorials' graphs",
+        "no TF1 recurrent cell in the checkpoint",
+    ),
+    "cudnn": (
+        _arrays({"cudnn_lstm/opaque_kernel": (96,), "dense/kernel": (4, 3)}),
+        [],
+        "cudnn_lstm/opaque_kernel: CudnnLSTM/CudnnGRU keep their weights in one opaque cuDNN "
+        "buffer, which is out of scope",
     ),
     "missing_variable": (
         _without(_lstm_classifier(100), "Variable_1"),
-        [],
+        ["--tutorial", "C1"],
         "looks like the graph of tutorial C1 or C2 (BasicLSTMCell and a classifier) but lacks "
         "Variable_1; variables found: Variable (100, 10), rnn/basic_lstm_cell/bias (400,), "
         "rnn/basic_lstm_cell/kernel (128, 400) (and 10 optimizer variables)",
@@ -239,7 +246,7 @@ def test_bad_checkpoint_is_one_line_exit_2_and_nothing_written(bad_runs, case):
     listed = "variables found: none" if variables is None else "variables found: "
     assert listed in lines[0]
     for name in variables or {}:
-        if "/Adam" not in name and name not in convert.BOOKKEEPING:
+        if "/Adam" not in name and name not in (*OPTIMIZER_SCALARS, STEP_COUNTER):
             assert f"{name} {variables[name].shape}" in lines[0]
     assert not (folder / "out").exists()
     assert sorted(os.listdir(folder)) == (

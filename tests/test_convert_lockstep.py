@@ -39,7 +39,8 @@ from tfrnn.serving import export, tf_serving
 from tfrnn.tasks.echo import tbptt
 from tfrnn.tasks.mnist import config as mnist_config
 from tfrnn.tasks.mnist import model as mnist_model
-from tfrnn.tf1 import convert
+from tfrnn.tf1 import convert, tutorials
+from tfrnn.tf1.checkpoint import read_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TF1_GRAPHS = os.path.join(ROOT, "experiments", "tf1", "tf1_graphs.py")
@@ -126,8 +127,8 @@ def tf1_runs(tmp_path_factory):
 
 
 def _convert(job, prefix):
-    variables = convert.read_checkpoint(str(prefix))
-    return convert.recognise(variables, job.get("tutorial"), job.get("forget_bias"))
+    variables = read_checkpoint(str(prefix))
+    return tutorials.recognise(variables, job.get("tutorial"), job.get("forget_bias"))
 
 
 def _relative_error(actual, expected):
@@ -143,7 +144,7 @@ def test_converted_checkpoint_gives_the_graphs_outputs(tf1_runs, name):
         assert conversion.tutorial == job.get(
             "tutorial", "A" if name in ECHO_JOBS else job["graph"]
         )
-        model = convert.build_model(conversion)
+        model = tutorials.build_model(conversion)
         logits = np.asarray(model(data["eval_inputs"], training=False))
         expected = results[f"logits_{checkpoint}"]
         assert logits.shape == expected.shape
@@ -166,7 +167,7 @@ def _fit_mnist(job, conversion, data, workdir):
         ).skip(skip)
 
     task = training.Task(
-        make_model=lambda: convert.build_model(conversion),
+        make_model=lambda: tutorials.build_model(conversion),
         make_optimizer=lambda: mnist_model.make_optimizer(config, steps),
         per_example_loss=training.sparse_softmax_cross_entropy,
         train_batches=train_batches,
@@ -190,14 +191,14 @@ def _fit_mnist(job, conversion, data, workdir):
 def _train_echo(job, conversion, data):
     """tbptt's window runner from ``conversion``'s weights over the TF1 run's windows."""
     model = tbptt.build_training_model(job["mode"], conversion.cell, conversion.units, ECHO_BATCH)
-    model.set_weights(convert.build_model(conversion).get_weights())
+    model.set_weights(tutorials.build_model(conversion).get_weights())
     # TF1's AdagradOptimizer(0.1): accumulators from 0.1, no epsilon.
     optimizer = keras.optimizers.Adagrad(0.1, initial_accumulator_value=0.1, epsilon=0.0)
     run = tbptt.make_window_runner(job["mode"], model, optimizer)
     carry = tbptt.start_epoch(job["mode"], model, ECHO_BATCH, job["num_steps"])
     losses, _ = run(tf.constant(data["train_inputs"]), tf.constant(data["train_targets"]), carry)
     # The stateless model with the trained weights: the same weight order as the converted one.
-    trained = convert.build_model(conversion)
+    trained = tutorials.build_model(conversion)
     trained.set_weights(model.get_weights())
     return np.asarray(losses), trained
 
@@ -213,10 +214,10 @@ def test_tfrnn_training_follows_the_graph_step_by_step(tf1_runs, name, tmp_path)
     expected_losses = results["losses"]
     assert len(losses) == job["steps"]
     np.testing.assert_allclose(losses, expected_losses, rtol=TRAINING_RTOL)
-    final = convert.build_model(_convert(job, folder / "final"))
+    final = tutorials.build_model(_convert(job, folder / "final"))
     moved = 0
     for trained, graph_final, start in zip(
-        model.weights, final.weights, convert.build_model(initial).weights, strict=True
+        model.weights, final.weights, tutorials.build_model(initial).weights, strict=True
     ):
         assert trained.name == graph_final.name
         error = _relative_error(np.asarray(trained), np.asarray(graph_final))

@@ -1,497 +1,319 @@
-"""Import the TF1 tutorials' checkpoints: a ``tf.train.Saver`` checkpoint to a tfrnn workdir.
+"""Convert a TF1 checkpoint: a tutorial's graph to a tfrnn workdir, any other ``rnn_cell``
+model to Keras files.
 
     python -m tfrnn.convert --tf1_checkpoint model.ckpt-800 --workdir runs/c2_from_tf1
-    python -m tfrnn.export --workdir runs/c2_from_tf1 --export_dir models/mnist
+    python -m tfrnn.convert --tf1_checkpoint my_model.ckpt --workdir converted/my_model
 
-The checkpoint is read by variable name (``tf.train.load_checkpoint``), no graph is built.
-Which tutorial's graph wrote it, and its sizes, follow from the names and shapes:
+The checkpoint is read by variable name; no graph is built. Optimizer slots, ``beta1_power``,
+``beta2_power`` and ``global_step`` are left out. Both naming eras are read: ``kernel`` and
+``bias`` (TF 1.2 on), ``weights`` and ``biases`` (TF 1.0 and 1.1).
 
-=====================  ===============================================================  =======
-graph                  variables (n: input width, u: units)                             tfrnn
-=====================  ===============================================================  =======
-A, hand-built cell     ``rnn_cell/W`` (2+u, u), ``rnn_cell/b`` (u), ``softmax/W`` (u,   concat
-                       2), ``softmax/b`` (2)
-A, ``BasicRNNCell``    ``rnn/basic_rnn_cell/kernel`` (2+u, u), ``.../bias`` (u),        simple
-(static or dynamic)    ``softmax/W``, ``softmax/b``
-C1, C2                 ``Variable`` (u, 10), ``Variable_1`` (10),                       lstm
-                       ``rnn/basic_lstm_cell/kernel`` (28+u, 4u), ``.../bias`` (4u)
-C3                     ``Variable`` (28, p) = W_in, ``Variable_1`` (u, 10) = W_out,     lstm
-                       ``Variable_2`` (p) = b_in, ``Variable_3`` (10) = b_out,
-                       ``rnn/basic_lstm_cell/kernel`` (p+u, 4u), ``.../bias`` (4u)
-=====================  ===============================================================  =======
+**A tutorial's graph** (its variables are exactly those of tutorial A, C1, C2 or C3, or
+``--tutorial`` says which; :mod:`tfrnn.tf1.tutorials`): the folder becomes a tfrnn workdir,
+``model.keras`` (what ``python -m tfrnn.export`` serves), ``config.json`` (the task, and for
+C1-C3 the tutorial's preset with the checkpoint's sizes), ``metrics.json`` and
+``conversion.json``.
 
-Optimizer slots (``<variable>/Adam``, ``/Adam_1``, ``/Adagrad``…) and ``beta1_power``,
-``beta2_power``, ``global_step`` are recognised and left out: the workdir holds the model.
+**Any other model** (:mod:`tfrnn.tf1.recurrent`): every recurrent scope, the cells one
+``dynamic_rnn``, ``static_rnn`` or bidirectional call ran (``rnn/multi_rnn_cell``,
+``bidirectional_rnn``), becomes ``<scope with _ for />.keras``, a Keras model holding that one
+layer: ``keras.saving.load_model(path).layers[0](inputs, mask=mask)`` gives TF1's ``outputs``. Every
+other variable (dense heads, embeddings) goes to ``variables.npz`` under its TF1 name. A
+PTB-style word model (``embedding``, one recurrent scope, ``softmax_w``, ``softmax_b``;
+:mod:`tfrnn.tf1.word_model`) becomes one ``model.keras`` from token ids to logits.
+``conversion.json`` says what went where and which arithmetic was folded in.
 
-What needs ``--tutorial``: C1 and C2 write the same variables; they differ in the units
-(C1 100, C2 128) and in what the classifier reads (C1 ``final_state.h``, C2 ``outputs[-1]``,
-the same numbers for an LSTM), and the tutorial decides the workdir's configuration (the
-preset: batch, rate, steps, ``static_rnn``'s unrolled graph). An LSTM with a 2-variable
-classifier and 100 units is C1's, 128 C2's; any other width is ambiguous and refused without
-``--tutorial C1`` or ``C2``. Tutorial A's three graphs need no flag: the names tell the
-hand-built cell (-> ``concat``, its single matrix W) from ``BasicRNNCell`` (-> ``simple``);
-``static_rnn`` and ``dynamic_rnn`` store the same variables and compute the same numbers, so
-either converts to the same model (which runs as a loop or unrolled at will).
-
-The cells' arithmetic: ``BasicRNNCell`` and the hand-built cell compute
-``tanh([x, h] . K + b)``: Keras' ``SimpleRNNCell`` takes ``kernel = K[:n]``,
-``recurrent_kernel = K[n:]``. ``BasicLSTMCell`` computes ``[x, h] . K + b`` in column blocks
-i, j, f, o and adds ``forget_bias`` (a constructor argument, 1.0 by default and in every
-tutorial; ``--forget_bias`` for another) to f at run time; Keras' ``LSTMCell`` has blocks
-i, f, c(=j), o and no run-time constant (its ``unit_forget_bias`` only initialises the bias).
-So ``kernel = K[:n]``, ``recurrent_kernel = K[n:]``, both with the blocks reordered, and the
-bias reordered with ``forget_bias`` added to its f block.
-
-The workdir (``--workdir``, which must not exist or be empty) receives ``model.keras`` (what
-``python -m tfrnn.export`` serves), ``config.json`` (the task, ``echo`` or ``mnist``, which
-says how the export serves the model, and for C1–C3 the tutorial's preset with the
-checkpoint's sizes), ``metrics.json`` (``{"config": …, "epochs": []}``, the same config) and
-``conversion.json`` (the tutorial, the checkpoint, the variables and the mapping). It is
-written to a temporary folder beside it and renamed into place only when complete: a refused
-checkpoint leaves nothing.
+What the checkpoint does not store is the TF1 constructors' defaults unless a flag says
+otherwise: ``--forget_bias`` (1.0; the PTB model used 0.0), ``--cell_clip`` and
+``--proj_clip`` (none). Anything that cannot be mapped is refused in one line, and nothing is
+written: the folder is written beside its place and renamed into it when complete.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
 import os
-import re
 import shutil
 import tempfile
 
 import keras
 import numpy as np
-import tensorflow as tf
 from absl import flags
 
 from tfrnn.errors import UsageError
-from tfrnn.tasks.echo.model import NUM_CLASSES as ECHO_CLASSES
-from tfrnn.tasks.echo.model import build_echo_model
-from tfrnn.tasks.mnist import config as mnist_config
-from tfrnn.tasks.mnist import model as mnist_model
+from tfrnn.tf1 import tutorials
+from tfrnn.tf1.cells import RunTimeOptions
+from tfrnn.tf1.checkpoint import describe_variables, read_checkpoint, split_training_variables
+from tfrnn.tf1.recurrent import build_layer, find_recurrent_scopes
+from tfrnn.tf1.word_model import build_word_model, find_word_model
 
 FLAGS = flags.FLAGS
-TUTORIALS = ("A", "C1", "C2", "C3")
-IMAGE_SIZE = 28
-DIGITS = 10
-DEFAULT_FORGET_BIAS = 1.0
-# Scalars TF1's optimizers and training loops keep beside the model's variables.
-BOOKKEEPING = ("beta1_power", "beta2_power", "global_step")
-# The slot names of TF1's optimizers: a slot is ``<variable>/<slot name>``.
-SLOT_NAMES = ("Adam", "Adam_1", "Adagrad", "Momentum", "RMSProp", "RMSProp_1", "Ftrl", "Ftrl_1")
-# What each tutorial's LSTM width was: where it tells C1 from C2.
-TUTORIAL_UNITS = {100: "C1", 128: "C2"}
-
-# The graphs, as messages name them.
-HAND_BUILT = "A (hand-built cell)"
-BASIC_RNN = "A (BasicRNNCell, static_rnn or dynamic_rnn)"
-LSTM_CLASSIFIER = "C1 or C2 (BasicLSTMCell and a classifier)"
-PROJECTION_LSTM_CLASSIFIER = "C3 (input projection, BasicLSTMCell and a classifier)"
-LSTM_KERNEL, LSTM_BIAS = "rnn/basic_lstm_cell/kernel", "rnn/basic_lstm_cell/bias"
-GRAPHS = {
-    # graph: (the variables it holds, in the order listed in messages; tutorials it can be)
-    HAND_BUILT: (("rnn_cell/W", "rnn_cell/b", "softmax/W", "softmax/b"), ("A",)),
-    BASIC_RNN: (
-        ("rnn/basic_rnn_cell/kernel", "rnn/basic_rnn_cell/bias", "softmax/W", "softmax/b"),
-        ("A",),
+NEW_NAMES, OLD_NAMES = "TF >= 1.2 (kernel, bias)", "TF 1.0-1.1 (weights, biases)"
+# How each family's variables become the Keras cell's, for conversion.json.
+ARITHMETIC = {
+    "BasicRNNCell": "SimpleRNNCell: kernel = K[:n], recurrent_kernel = K[n:], bias = b",
+    "LSTM": (
+        "kernel = K[:n], recurrent_kernel = K[n:], column blocks i, j, f, o -> i, f, c, o; "
+        "forget_bias added to the f block of the bias"
     ),
-    LSTM_CLASSIFIER: (
-        ("Variable", "Variable_1", LSTM_KERNEL, LSTM_BIAS),
-        ("C1", "C2"),
-    ),
-    PROJECTION_LSTM_CLASSIFIER: (
-        ("Variable", "Variable_1", "Variable_2", "Variable_3", LSTM_KERNEL, LSTM_BIAS),
-        ("C3",),
+    "GRUCell": (
+        "GRUCell(reset_after=False): columns z, r, h = gates' second block, gates' first "
+        "block, candidate; rows split at n into kernel and recurrent_kernel"
     ),
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class Conversion:
-    """A checkpoint understood: which tutorial, its sizes, and its model variables.
-
-    Attributes:
-      tutorial: ``A``, ``C1``, ``C2`` or ``C3``.
-      graph: the graph that wrote it (a key of :data:`GRAPHS`).
-      cell: the tfrnn cell kind (``concat``, ``simple`` or ``lstm``).
-      units: the recurrent cell's units.
-      projection: C3's input projection width, else 0.
-      forget_bias: added to the LSTM's f block (LSTM checkpoints only, else None).
-      variables: the model's variables by TF1 name (optimizer slots left out).
-      optimizer_variables: the names of the slots and bookkeeping left out.
-    """
-
-    tutorial: str
-    graph: str
-    cell: str
-    units: int
-    projection: int
-    forget_bias: float | None
-    variables: dict
-    optimizer_variables: tuple
-
-    @property
-    def task(self) -> str:
-        """The task the model is, and is served as: ``echo`` for A, ``mnist`` for C1–C3."""
-        return "echo" if self.tutorial == "A" else "mnist"
-
-    def config(self) -> dict:
-        """The run configuration the workdir records (C1–C3: the preset with these sizes)."""
-        if self.tutorial == "A":
-            return {"tutorial": "A", "cell": self.cell, "state_size": self.units}
-        preset = mnist_config.PRESETS[self.tutorial]
-        config = dataclasses.replace(preset, units=self.units, input_projection=self.projection)
-        return dataclasses.asdict(config)
-
-
-# --- Reading and recognising a checkpoint -------------------------------------------------
-
-
-def read_checkpoint(prefix: str) -> dict[str, np.ndarray]:
-    """Every variable of the TF1 checkpoint at ``prefix`` (or the latest in a folder)."""
-    # A file of the checkpoint named instead of its prefix: the reader would find nothing.
-    prefix = re.sub(r"\.(index|data-\d{5}-of-\d{5}|meta)$", "", prefix)
-    try:
-        reader = tf.train.load_checkpoint(prefix)
-    except (tf.errors.NotFoundError, ValueError) as error:
-        raise UsageError(
-            f"--tf1_checkpoint {prefix}: no TF1 checkpoint there (no {os.path.basename(prefix)}"
-            f".index and .data-* files, nor a folder with a 'checkpoint' file){_nearby(prefix)}; "
-            "variables found: none"
-        ) from error
-    except tf.errors.OpError as error:  # a damaged or foreign file
-        first_line = error.message.strip().splitlines()[0] if error.message.strip() else ""
-        raise UsageError(
-            f"--tf1_checkpoint {prefix}: cannot read it ({first_line}); variables found: none"
-        ) from error
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
-
-
-def _nearby(prefix: str) -> str:
-    """``; checkpoints in DIR: a, b`` for the prefixes beside a wrong one, if any."""
-    folder = os.path.dirname(prefix) or "."
-    if not os.path.isdir(folder):
-        return ""
-    found = sorted(name[: -len(".index")] for name in os.listdir(folder) if name.endswith(".index"))
-    return f"; checkpoints in {folder}: {', '.join(found)}" if found else ""
-
-
-def split_optimizer_variables(variables: dict) -> tuple[dict, tuple]:
-    """(model variables, names of optimizer slots and bookkeeping scalars).
-
-    A slot is named after the variable it belongs to, ``<variable>/<slot name>``: one of
-    :data:`SLOT_NAMES`, or any name under another variable of the checkpoint.
-    """
-    slots = {
-        name
-        for name in variables
-        if name in BOOKKEEPING
-        or name.rpartition("/")[2] in SLOT_NAMES
-        or name.rpartition("/")[0] in variables
-    }
-    model = {name: value for name, value in variables.items() if name not in slots}
-    return model, tuple(sorted(slots))
-
-
-def describe_variables(variables: dict, optimizer_variables=()) -> str:
-    """``name (shape), …`` of the model variables, for error messages (one line)."""
-    if not variables:
-        return "none"
-    listed = ", ".join(
-        f"{name} {tuple(np.shape(value))}" for name, value in sorted(variables.items())
-    )
-    if optimizer_variables:
-        listed += f" (and {len(optimizer_variables)} optimizer variables)"
-    return listed
-
-
-def _graph_of(names: set) -> str | None:
-    """The graph whose cell variables ``names`` holds; C3 when C3's extra variables are there."""
-    if "rnn_cell/W" in names or "rnn_cell/b" in names:
-        return HAND_BUILT
-    if {"rnn/basic_rnn_cell/kernel", "rnn/basic_rnn_cell/bias"} & names:
-        return BASIC_RNN
-    if {LSTM_KERNEL, LSTM_BIAS} & names:
-        if {"Variable_2", "Variable_3"} & names:
-            return PROJECTION_LSTM_CLASSIFIER
-        return LSTM_CLASSIFIER
-    return None
-
-
-def _expected_shapes(graph: str, shapes: dict) -> tuple[int, dict]:
-    """(units, the shape every variable of ``graph`` must have), the sizes read from the cell
-    bias and (C3) the projection bias; raises :class:`_Misfit` if the bias gives no size."""
-    lstm = graph in (LSTM_CLASSIFIER, PROJECTION_LSTM_CLASSIFIER)
-    bias_name = LSTM_BIAS if lstm else GRAPHS[graph][0][1]
-    bias_shape = shapes[bias_name]
-    gates = 4 if lstm else 1
-    if len(bias_shape) != 1 or bias_shape[0] == 0 or bias_shape[0] % gates:
-        raise _Misfit(f"{bias_name} has shape {bias_shape}; expected ({gates} * units,)")
-    units = bias_shape[0] // gates
-    if not lstm:
-        kernel, bias, softmax_w, softmax_b = GRAPHS[graph][0]
-        return units, {
-            kernel: (ECHO_CLASSES + units, units),
-            bias: (units,),
-            softmax_w: (units, ECHO_CLASSES),
-            softmax_b: (ECHO_CLASSES,),
-        }
-    if graph == LSTM_CLASSIFIER:
-        return units, {
-            "Variable": (units, DIGITS),
-            "Variable_1": (DIGITS,),
-            LSTM_KERNEL: (IMAGE_SIZE + units, 4 * units),
-            LSTM_BIAS: (4 * units,),
-        }
-    projection = shapes["Variable_2"][0] if len(shapes["Variable_2"]) == 1 else units
-    return units, {
-        "Variable": (IMAGE_SIZE, projection),
-        "Variable_1": (units, DIGITS),
-        "Variable_2": (projection,),
-        "Variable_3": (DIGITS,),
-        LSTM_KERNEL: (projection + units, 4 * units),
-        LSTM_BIAS: (4 * units,),
-    }
-
-
-class _Misfit(Exception):
-    """A variable's shape that no size of the graph explains (turned into a UsageError)."""
-
-
-def recognise(
-    variables: dict, tutorial: str | None = None, forget_bias: float | None = None
-) -> Conversion:
-    """Which tutorial's graph wrote ``variables`` (name -> array), with its sizes.
-
-    Args:
-      variables: every variable of the checkpoint, optimizer slots included.
-      tutorial: ``A``, ``C1``, ``C2`` or ``C3`` when the variables alone cannot tell.
-      forget_bias: the ``BasicLSTMCell``'s forget_bias (LSTM checkpoints; default 1.0).
-
-    Raises:
-      UsageError: one line naming what is wrong and listing the variables found: no
-        tutorial's graph, a variable missing, extra or misshaped, an ambiguous checkpoint, or
-        a ``--tutorial``/``--forget_bias`` that does not fit it.
-    """
-    model, slots = split_optimizer_variables(variables)
-    found = describe_variables(model, slots)
-    if tutorial is not None and tutorial not in TUTORIALS:
-        raise UsageError(f"--tutorial must be one of {', '.join(TUTORIALS)}; got {tutorial!r}")
-    graph = _graph_of(set(model))
-    if graph is None:
-        raise UsageError(
-            "the checkpoint is not one of the tutorials' graphs (A: rnn_cell/W or "
-            "rnn/basic_rnn_cell/kernel and softmax/W; C1-C3: rnn/basic_lstm_cell/kernel and "
-            f"Variable…); variables found: {found}"
-        )
-    names, tutorials = GRAPHS[graph]
-    missing = [name for name in names if name not in model]
-    if missing:
-        raise UsageError(
-            f"the checkpoint looks like the graph of tutorial {graph} but lacks "
-            f"{', '.join(missing)}; variables found: {found}"
-        )
-    extra = sorted(set(model) - set(names))
-    if extra:
-        raise UsageError(
-            f"the checkpoint holds the variables of tutorial {graph} and also {', '.join(extra)}, "
-            f"which that graph does not have; variables found: {found}"
-        )
-    shapes = {name: tuple(np.shape(value)) for name, value in model.items()}
-    try:
-        units, expected = _expected_shapes(graph, shapes)
-        for name in names:
-            if shapes[name] != expected[name]:
-                raise _Misfit(f"{name} has shape {shapes[name]}; expected {expected[name]}")
-    except _Misfit as misfit:
-        raise UsageError(f"tutorial {graph}: {misfit}; variables found: {found}") from None
-    for name in names:
-        if model[name].dtype != np.float32:
-            raise UsageError(
-                f"{name} is {model[name].dtype}, not float32; variables found: {found}"
-            )
-    tutorial = _choose_tutorial(graph, tutorials, tutorial, units, found)
-    lstm = tutorial != "A"
-    if forget_bias is not None and not lstm:
-        raise UsageError(
-            "--forget_bias applies to the LSTM tutorials (C1-C3); this checkpoint is the graph "
-            f"of tutorial {graph}"
-        )
-    return Conversion(
-        tutorial=tutorial,
-        graph=graph,
-        cell="lstm" if lstm else ("concat" if graph == HAND_BUILT else "simple"),
-        units=units,
-        projection=expected["Variable_2"][0] if tutorial == "C3" else 0,
-        forget_bias=(DEFAULT_FORGET_BIAS if forget_bias is None else forget_bias) if lstm else None,
-        variables=model,
-        optimizer_variables=slots,
-    )
-
-
-def _choose_tutorial(graph, tutorials, tutorial, units, found) -> str:
-    if tutorial is not None:
-        if tutorial not in tutorials:
-            raise UsageError(
-                f"--tutorial {tutorial} does not fit the checkpoint: it holds the graph of "
-                f"tutorial {graph}; variables found: {found}"
-            )
-        return tutorial
-    if len(tutorials) == 1:
-        return tutorials[0]
-    if units in TUTORIAL_UNITS:
-        return TUTORIAL_UNITS[units]
-    raise UsageError(
-        f"ambiguous checkpoint: an LSTM of {units} units with a classifier is C1's graph or "
-        "C2's (the same variables; C1 had 100 units, C2 128); pass --tutorial C1 or "
-        f"--tutorial C2; variables found: {found}"
-    )
-
-
-# --- Building the tfrnn model ---------------------------------------------------------------
-
-
-def lstm_weights(kernel, bias, input_dim: int, forget_bias: float):
-    """``BasicLSTMCell``'s (kernel, bias) -> Keras ``LSTMCell``'s (kernel, recurrent_kernel,
-    bias): rows split at ``input_dim``, column blocks i, j, f, o -> i, f, c(=j), o, and
-    ``forget_bias`` folded into the f block of the bias."""
-
-    def reorder(matrix):
-        i, j, f, o = np.split(matrix, 4, axis=-1)
-        return np.concatenate([i, f, j, o], axis=-1)
-
-    i, j, f, o = np.split(bias, 4)
-    folded = np.concatenate([i, f + np.float32(forget_bias), j, o]).astype(np.float32)
-    return reorder(kernel[:input_dim]), reorder(kernel[input_dim:]), folded
-
-
-def _assign(variable, value) -> None:
-    if tuple(variable.shape) != tuple(np.shape(value)):  # a bug here, not a user error
-        raise AssertionError(f"{variable.path}: {variable.shape} != {np.shape(value)}")
-    variable.assign(value)
-
-
-def _assign_lstm(cell, kernel, bias, input_dim, forget_bias) -> None:
-    for variable, value in zip(
-        (cell.kernel, cell.recurrent_kernel, cell.bias),
-        lstm_weights(kernel, bias, input_dim, forget_bias),
-        strict=True,
-    ):
-        _assign(variable, value)
-
-
-def build_model(conversion: Conversion) -> keras.Model:
-    """The tfrnn model of ``conversion`` with the checkpoint's weights.
-
-    Tutorial A: the stateless echo model (``tfrnn.tasks.echo.model.build_echo_model``), what an
-    echo workdir's ``model.keras`` holds. C1-C3: ``tfrnn.tasks.mnist.model.build_model`` of the
-    tutorial's preset with the checkpoint's sizes.
-    """
-    weights = conversion.variables
-    if conversion.tutorial == "A":
-        model = build_echo_model(conversion.cell, conversion.units)
-        cell = model.get_layer("rnn").cell
-        kernel_name, bias_name = GRAPHS[conversion.graph][0][:2]
-        kernel = weights[kernel_name]
-        if conversion.cell == "concat":
-            _assign(cell.kernel, kernel)
-        else:
-            _assign(cell.kernel, kernel[:ECHO_CLASSES])
-            _assign(cell.recurrent_kernel, kernel[ECHO_CLASSES:])
-        _assign(cell.bias, weights[bias_name])
-        classifier = ("softmax/W", "softmax/b")
-    else:
-        model = mnist_model.build_model(mnist_config.Config(**conversion.config()))
-        input_dim = IMAGE_SIZE
-        if conversion.tutorial == "C3":
-            projection = model.get_layer("input_projection")
-            _assign(projection.kernel, weights["Variable"])
-            _assign(projection.bias, weights["Variable_2"])
-            input_dim = conversion.projection
-            classifier = ("Variable_1", "Variable_3")
-        else:
-            classifier = ("Variable", "Variable_1")
-        cell = model.get_layer("rnn").cell
-        _assign_lstm(
-            cell, weights[LSTM_KERNEL], weights[LSTM_BIAS], input_dim, conversion.forget_bias
-        )
-    logits = model.get_layer("logits")
-    _assign(logits.kernel, weights[classifier[0]])
-    _assign(logits.bias, weights[classifier[1]])
-    return model
-
-
-# --- The workdir ------------------------------------------------------------------------------
-
-
-def _check_workdir(workdir: str) -> None:
-    if os.path.exists(workdir) and not (os.path.isdir(workdir) and not os.listdir(workdir)):
+def check_workdir(workdir: str) -> None:
+    """Refuses a ``--workdir`` that is a file or a folder with something in it."""
+    if os.path.isfile(workdir):
+        raise UsageError(f"--workdir {workdir} is a file, not a folder; name a new folder")
+    if os.path.exists(workdir) and os.listdir(workdir):
         raise UsageError(f"--workdir {workdir} exists and is not empty; name a new folder")
 
 
-def write_workdir(conversion: Conversion, checkpoint: str, workdir: str) -> keras.Model:
-    """Writes ``model.keras``, ``config.json``, ``metrics.json`` and ``conversion.json`` to
-    ``workdir``, all at once (a temporary folder beside it, renamed); returns the model."""
-    _check_workdir(workdir)
-    model = build_model(conversion)
+@contextlib.contextmanager
+def staged(workdir: str):
+    """Yields a temporary folder beside ``workdir`` that becomes ``workdir`` once the block
+    ends without an error; otherwise nothing is left."""
     parent = os.path.dirname(os.path.abspath(workdir))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".convert-", dir=parent)
     try:
-        model.save(os.path.join(staging, "model.keras"))
-        config = {"task": conversion.task, **conversion.config()}
-        with open(os.path.join(staging, "config.json"), "w") as handle:
-            json.dump(config, handle, indent=2)
-        with open(os.path.join(staging, "metrics.json"), "w") as handle:
-            json.dump({"config": config, "epochs": []}, handle, indent=2)
-        record = {
-            "tutorial": conversion.tutorial,
-            "graph": conversion.graph,
-            "checkpoint": os.path.abspath(checkpoint),
-            "cell": conversion.cell,
-            "units": conversion.units,
-            "input_projection": conversion.projection,
-            "forget_bias_folded_into_bias": conversion.forget_bias,
-            "variables": {name: list(np.shape(v)) for name, v in conversion.variables.items()},
-            "optimizer_variables_not_imported": list(conversion.optimizer_variables),
-        }
-        with open(os.path.join(staging, "conversion.json"), "w") as handle:
-            json.dump(record, handle, indent=2)
+        yield staging
         if os.path.isdir(workdir):
             os.rmdir(workdir)  # empty (checked): the rename takes its place
         os.rename(staging, workdir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_json(folder: str, name: str, content) -> None:
+    with open(os.path.join(folder, name), "w") as handle:
+        json.dump(content, handle, indent=2)
+
+
+def _shapes(variables: dict, names) -> dict:
+    return {name: list(np.shape(variables[name])) for name in names}
+
+
+# --- A tutorial's graph -----------------------------------------------------------------------
+
+
+def write_workdir(conversion: tutorials.Conversion, checkpoint: str, workdir: str) -> keras.Model:
+    """Writes a tutorial's ``model.keras``, ``config.json``, ``metrics.json`` and
+    ``conversion.json`` to ``workdir``, all at once; returns the model."""
+    check_workdir(workdir)
+    model = tutorials.build_model(conversion)
+    with staged(workdir) as staging:
+        model.save(os.path.join(staging, "model.keras"))
+        config = {"task": conversion.task, **conversion.config()}
+        _write_json(staging, "config.json", config)
+        _write_json(staging, "metrics.json", {"config": config, "epochs": []})
+        record = {
+            "tutorial": conversion.tutorial,
+            "graph": conversion.graph,
+            "checkpoint": os.path.abspath(checkpoint),
+            "naming": OLD_NAMES if conversion.renamed else NEW_NAMES,
+            "cell": conversion.cell,
+            "units": conversion.units,
+            "input_projection": conversion.projection,
+            "forget_bias_folded_into_bias": conversion.forget_bias,
+            "variables": _shapes(conversion.variables, conversion.variables),
+            "read_as": conversion.renamed,
+            "optimizer_variables_not_imported": list(conversion.training.names()),
+        }
+        _write_json(staging, "conversion.json", record)
     return model
 
 
+# --- Any other model --------------------------------------------------------------------------
+
+
+def layer_file(scope: str) -> str:
+    """The file a recurrent scope's layer is written to: ``rnn/multi_rnn_cell`` ->
+    ``rnn_multi_rnn_cell.keras``."""
+    return scope.replace("/", "_") + ".keras"
+
+
+def _cell_record(cell, variables: dict) -> dict:
+    lstm = cell.family in ("BasicLSTMCell", "LSTMCell")
+    return {
+        "scope": cell.scope,
+        "tf1": cell.describe(),
+        "variables": _shapes(variables, cell.variables.values()),
+        "arithmetic": ARITHMETIC["LSTM" if lstm else cell.family],
+    }
+
+
+def _scope_record(scope, variables: dict, built: keras.layers.Layer) -> dict:
+    directions = ("forward", "backward") if scope.bidirectional else ("forward",)
+    return {
+        "tf1": scope.describe(),
+        "keras": type(built).__name__,
+        "input_size": scope.input_size,
+        "output_size": scope.output_size,
+        "cells": {
+            direction: [_cell_record(cell, variables) for cell in cells]
+            for direction, cells in zip(directions, scope.directions, strict=True)
+        },
+    }
+
+
+def write_model_folder(checkpoint: str, workdir: str, options: RunTimeOptions) -> dict:
+    """Converts any ``rnn_cell`` model's checkpoint into ``workdir`` (module docstring);
+    returns what ``conversion.json`` records.
+
+    Raises:
+      UsageError: no recurrent cell in it, or one that cannot be mapped; nothing is written.
+    """
+    check_workdir(workdir)
+    variables, training = split_training_variables(read_checkpoint(checkpoint))
+    found = describe_variables(variables, training)
+    try:
+        scopes = find_recurrent_scopes(variables)
+    except UsageError as error:
+        raise UsageError(f"{error}; variables found: {found}") from None
+    if not scopes:
+        raise UsageError(
+            "no TF1 recurrent cell in the checkpoint (a tutorial's graph, or a scope with a "
+            "BasicRNNCell's, BasicLSTMCell's, LSTMCell's or GRUCell's kernel and bias); "
+            f"variables found: {found}"
+        )
+    word_model = find_word_model(variables, scopes)
+    recurrent = {name for scope in scopes for name in scope.variable_names}
+    others = sorted(set(variables) - recurrent) if word_model is None else []
+    record = {
+        "checkpoint": os.path.abspath(checkpoint),
+        "naming": OLD_NAMES if _old_names(recurrent) else NEW_NAMES,
+        "folded": {"forget_bias": options.forget_bias},
+        "not_stored_taken_as": {"cell_clip": options.cell_clip, "proj_clip": options.proj_clip},
+        "layers": {},
+        "optimizer_variables_not_imported": list(training.names()),
+    }
+    with staged(workdir) as staging:
+        if word_model is not None:
+            model = build_word_model(word_model, variables, options)
+            model.save(os.path.join(staging, "model.keras"))
+            record["model"] = {
+                "file": "model.keras",
+                "from": "token ids (batch, time) int32",
+                "to": f"logits (batch, time, {word_model.vocabulary})",
+                "embedding": word_model.prefix + "embedding",
+                "logits": [word_model.prefix + "softmax_w", word_model.prefix + "softmax_b"],
+            }
+            layer = model.get_layer(word_model.recurrent.scope.replace("/", "_"))
+            record["layers"][word_model.recurrent.scope] = _scope_record(
+                word_model.recurrent, variables, layer
+            )
+        for scope in scopes if word_model is None else []:
+            layer = build_layer(scope, variables, options)
+            holder = keras.Sequential([keras.Input((None, scope.input_size)), layer])
+            holder.save(os.path.join(staging, layer_file(scope.scope)))
+            record["layers"][scope.scope] = {
+                "file": layer_file(scope.scope),
+                **_scope_record(scope, variables, layer),
+            }
+        if others:
+            np.savez(os.path.join(staging, "variables.npz"), **{n: variables[n] for n in others})
+            record["other_variables"] = {
+                "file": "variables.npz",
+                "variables": _shapes(variables, others),
+            }
+        _write_json(staging, "conversion.json", record)
+    return record
+
+
+def _old_names(names) -> bool:
+    return any(name.rpartition("/")[2] in ("weights", "biases") for name in names)
+
+
+# --- The command ------------------------------------------------------------------------------
+
+
 def convert(
-    checkpoint: str, workdir: str, tutorial: str | None = None, forget_bias: float | None = None
-) -> Conversion:
-    """Reads ``checkpoint``, recognises it and writes the tfrnn workdir; returns what it found."""
-    _check_workdir(workdir)
-    conversion = recognise(read_checkpoint(checkpoint), tutorial, forget_bias)
-    write_workdir(conversion, checkpoint, workdir)
-    return conversion
+    checkpoint: str,
+    workdir: str,
+    tutorial: str | None = None,
+    forget_bias: float | None = None,
+    cell_clip: float | None = None,
+    proj_clip: float | None = None,
+):
+    """Converts ``checkpoint`` into ``workdir``: a tutorial's graph (or any, with
+    ``tutorial``) as a tfrnn workdir, returning its :class:`tutorials.Conversion`; any other
+    model as Keras files, returning what ``conversion.json`` records."""
+    check_workdir(workdir)
+    variables = read_checkpoint(checkpoint)
+    if tutorial is not None or tutorials.is_tutorial_graph(split_training_variables(variables)[0]):
+        for name, value in (("--cell_clip", cell_clip), ("--proj_clip", proj_clip)):
+            if value is not None:
+                raise UsageError(f"{name} applies to LSTMCell models, not to the tutorials' graphs")
+        conversion = tutorials.recognise(variables, tutorial, forget_bias)
+        write_workdir(conversion, checkpoint, workdir)
+        return conversion
+    forget_bias = tutorials.DEFAULT_FORGET_BIAS if forget_bias is None else forget_bias
+    return write_model_folder(
+        checkpoint, workdir, RunTimeOptions(forget_bias, cell_clip, proj_clip)
+    )
 
 
-def main(argv):
-    """The command: convert, then say what was found and how to export it."""
-    if len(argv) > 1:
-        raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    tutorial = FLAGS.tutorial.upper() if FLAGS.tutorial else None
-    conversion = convert(FLAGS.tf1_checkpoint, FLAGS.workdir, tutorial, FLAGS.forget_bias)
+def _report_tutorial(conversion: tutorials.Conversion, workdir: str) -> None:
     sizes = f"{conversion.units} units"
     if conversion.projection:
         sizes += f", input projection {conversion.projection}"
+    naming = ", TF 1.0-1.1 names" if conversion.renamed else ""
     print(
         f"converted {FLAGS.tf1_checkpoint} (tutorial {conversion.tutorial}: {conversion.cell} "
-        f"cell, {sizes}) to {FLAGS.workdir}/model.keras"
+        f"cell, {sizes}{naming}) to {workdir}/model.keras"
     )
-    if conversion.optimizer_variables:
-        print(f"left out {len(conversion.optimizer_variables)} optimizer variables")
-    print(f"serve it: python -m tfrnn.export --workdir {FLAGS.workdir} --export_dir models/NAME")
+    if conversion.training:
+        print(f"left out {conversion.training.describe()}")
+    print(
+        f"serve it: .venv/bin/python -m tfrnn.export --workdir {workdir} --export_dir models/NAME"
+    )
+
+
+def _report_model(record: dict, workdir: str) -> None:
+    print(f"converted {FLAGS.tf1_checkpoint} ({record['naming']} names) to {workdir}:")
+    for scope, layer in record["layers"].items():
+        target = layer.get("file", "model.keras")
+        print(f"  {scope}: {layer['tf1']} -> {workdir}/{target}")
+    if "model" in record:
+        print(f"  the word model, token ids to logits -> {workdir}/model.keras")
+    if "other_variables" in record:
+        names = list(record["other_variables"]["variables"])
+        print(f"  {len(names)} other variables ({', '.join(names)}) -> {workdir}/variables.npz")
+    print(
+        f"forget_bias {record['folded']['forget_bias']:g} folded into the LSTMs' biases (not "
+        "stored in a checkpoint; --forget_bias if the cells were built with another)"
+    )
+    if record["optimizer_variables_not_imported"]:
+        print(f"left out {len(record['optimizer_variables_not_imported'])} training variables")
+    if "model" in record:
+        load = f'keras.saving.load_model("{workdir}/model.keras")'
+    else:
+        first = next(iter(record["layers"].values()))["file"]
+        load = f'keras.saving.load_model("{workdir}/{first}").layers[0]'
+    print(f"load it: {load}; {workdir}/conversion.json says what went where")
+
+
+def main(argv):
+    """The command: convert, then say what was found and what to do next."""
+    if len(argv) > 1:
+        raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    tutorial = FLAGS.tutorial.upper() if FLAGS.tutorial else None
+    result = convert(
+        FLAGS.tf1_checkpoint,
+        FLAGS.workdir,
+        tutorial,
+        FLAGS.forget_bias,
+        FLAGS.cell_clip,
+        FLAGS.proj_clip,
+    )
+    if isinstance(result, tutorials.Conversion):
+        _report_tutorial(result, FLAGS.workdir)
+    else:
+        _report_model(result, FLAGS.workdir)
 
 
 def define_flags() -> None:
@@ -499,7 +321,7 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "tf1_checkpoint", None, "TF1 checkpoint prefix (model.ckpt-800) or its folder"
     )
-    flags.DEFINE_string("workdir", None, "new tfrnn workdir to write")
+    flags.DEFINE_string("workdir", None, "new folder to write (must not exist, or be empty)")
     flags.DEFINE_string(
         "tutorial",
         None,
@@ -507,6 +329,11 @@ def define_flags() -> None:
         "units are neither 100 nor 128)",
     )
     flags.DEFINE_float(
-        "forget_bias", None, "the BasicLSTMCell's forget_bias (default 1.0, as in every tutorial)"
+        "forget_bias",
+        None,
+        "the LSTM cells' forget_bias, not stored in a checkpoint (default 1.0, TF1's default "
+        "and every tutorial's; the PTB word model used 0.0)",
     )
+    flags.DEFINE_float("cell_clip", None, "the LSTMCells' cell_clip, not stored in a checkpoint")
+    flags.DEFINE_float("proj_clip", None, "the LSTMCells' proj_clip, not stored in a checkpoint")
     flags.mark_flags_as_required(["tf1_checkpoint", "workdir"])
