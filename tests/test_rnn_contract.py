@@ -1,10 +1,11 @@
 """tfrnn's RNN keeps keras.layers.RNN's contract in both unroll modes.
 
 For each cell Keras accepts (one- and two-state cells, GRU's two arithmetics, stacks of
-cells, a mixed stack of widths), tfrnn.layers.cells.RNN and keras.layers.RNN are built from
-the same config and given the same seeded weights, and must give the same outputs and
-final states, with return_sequences and return_state, statefulness, masks and go_backwards,
-whether unrolled (tfrnn's own loop when there is no mask and no go_backwards) or not.
+cells, a mixed stack of widths, tfrnn's LSTMPCell), tfrnn.layers.cells.RNN and
+keras.layers.RNN are built from the same config and given the same seeded weights, and must
+give the same outputs and final states, with return_sequences and return_state,
+statefulness, masks and go_backwards, whether unrolled (tfrnn's own loop when there is no
+mask and no go_backwards) or not.
 """
 
 import keras
@@ -13,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from tfrnn.layers.cells import RNN
+from tfrnn.layers.lstmp_cell import LSTMPCell
 
 BATCH, TIME, FEATURES = 3, 4, 2
 
@@ -37,6 +39,12 @@ CELLS = {
             keras.layers.GRUCell(4), keras.layers.LSTMCell(3), keras.layers.SimpleRNNCell(2)
         ),
         [[4], [3, 3], [2]],
+    ),
+    "lstmp": (
+        lambda: LSTMPCell(
+            3, projection_units=2, use_peepholes=True, cell_clip=0.5, projection_clip=0.4
+        ),
+        [2, 3],
     ),
 }
 
