@@ -103,6 +103,11 @@ def _leaves(variables: dict) -> dict[str, dict[str, str]]:
     return scopes
 
 
+def _slashes(name: str):
+    """The positions of the slashes in ``name``: where each of its enclosing scopes ends."""
+    return [index for index, char in enumerate(name) if char == "/"]
+
+
 def _find(leaves: dict, scope: str, role: str) -> str | None:
     """The checkpoint's name of ``role`` (``kernel`` or ``bias``) under ``scope``, either era."""
     names = leaves.get(scope, {})
@@ -141,7 +146,9 @@ def find_cells(variables: dict) -> list[Cell]:
     _refuse_foreign(variables)
     leaves = _leaves(variables)
     cells = []
-    for scope in sorted(leaves):
+    # Every scope that holds variables or scopes that do (a GRU's holds only gates/, candidate/).
+    scopes = {name[:end] for name in variables for end in _slashes(name)}
+    for scope in sorted(scopes):
         if _find(leaves, f"{scope}/gates", "kernel") and _find(
             leaves, f"{scope}/candidate", "kernel"
         ):
@@ -168,7 +175,7 @@ def _check_owned(scope: str, roles: dict, variables: dict, family: str) -> None:
     if extra:
         raise UsageError(
             f"cell {scope}: {', '.join(extra)} is no variable of a TF1 {family}; tfrnn converts "
-            "BasicRNNCell, BasicLSTMCell, LSTMCell, LSTMBlockCell and GRUCell"
+            "BasicRNNCell, BasicLSTMCell, LSTMCell (LSTMBlockCell) and GRUCell"
         )
 
 
@@ -209,6 +216,7 @@ def _lstm_or_rnn(scope: str, leaves: dict, variables: dict) -> Cell:
     projection_kernel = _find(leaves, f"{scope}/projection", "kernel")
     if projection_kernel:
         roles["projection"] = projection_kernel
+    _check_owned(scope, roles, variables, "cell")
     family = _family(scope, roles, variables)
     if family == "GRUCell":
         raise UsageError(f"cell {scope}: a GRUCell without gates/ and candidate/ variables")

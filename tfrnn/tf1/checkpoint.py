@@ -67,6 +67,12 @@ class TrainingVariables:
     optimizer: tuple = ()
     step: tuple = ()
 
+    @classmethod
+    def of(cls, names) -> TrainingVariables:
+        """The split of ``names``, all of them training variables."""
+        step = tuple(name for name in names if name == STEP_COUNTER)
+        return cls(tuple(sorted(set(names) - set(step))), step)
+
     def __len__(self) -> int:
         return len(self.optimizer) + len(self.step)
 

@@ -44,7 +44,12 @@ from absl import flags
 from tfrnn.errors import UsageError
 from tfrnn.tf1 import tutorials
 from tfrnn.tf1.cells import RunTimeOptions
-from tfrnn.tf1.checkpoint import describe_variables, read_checkpoint, split_training_variables
+from tfrnn.tf1.checkpoint import (
+    TrainingVariables,
+    describe_variables,
+    read_checkpoint,
+    split_training_variables,
+)
 from tfrnn.tf1.recurrent import build_layer, find_recurrent_scopes
 from tfrnn.tf1.word_model import build_word_model, find_word_model
 
@@ -287,8 +292,9 @@ def _report_model(record: dict, workdir: str) -> None:
         f"forget_bias {record['folded']['forget_bias']:g} folded into the LSTMs' biases (not "
         "stored in a checkpoint; --forget_bias if the cells were built with another)"
     )
-    if record["optimizer_variables_not_imported"]:
-        print(f"left out {len(record['optimizer_variables_not_imported'])} training variables")
+    left_out = TrainingVariables.of(record["optimizer_variables_not_imported"])
+    if left_out:
+        print(f"left out {left_out.describe()}")
     if "model" in record:
         load = f'keras.saving.load_model("{workdir}/model.keras")'
     else:

@@ -94,8 +94,8 @@ def find_recurrent_scopes(variables: dict) -> list[RecurrentScope]:
     for cell in tf1_cells.find_cells(variables):
         layer = _STACK_LAYER.fullmatch(cell.scope)
         top, index = (layer["stack"], int(layer["index"])) if layer else (cell.scope, 0)
-        parent, _, last = top.rpartition("/")
-        call, direction = (parent, last) if last in ("fw", "bw") else (top, "fw")
+        bidirectional_call, _, last = top.rpartition("/")[0].rpartition("/")
+        call, direction = (bidirectional_call, last) if last in ("fw", "bw") else (top, "fw")
         calls.setdefault(call, {}).setdefault(direction, {})[index] = cell
         tops[call, direction], stacked[call, direction] = top, bool(layer)
     scopes = []
