@@ -7,7 +7,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrnn.layers.cells import CELL_KINDS, RNN, ConcatRNNCell, cell_kind, make_cell, make_rnn
+from tfrnn.layers.cells import (
+    CELL_KINDS,
+    RNN,
+    TUTORIAL_CELL_KINDS,
+    ConcatRNNCell,
+    cell_kind,
+    make_cell,
+    make_rnn,
+)
+from tfrnn.layers.lstmp_cell import LSTMPCell
 
 
 def _random_sequence(batch=3, time=6, features=2, seed=0):
@@ -55,7 +64,7 @@ def test_concat_cell_initial_state_is_zeros_and_bias_starts_at_zero():
     np.testing.assert_array_equal(state, np.zeros((5, 3)))
 
 
-@pytest.mark.parametrize("kind", CELL_KINDS)
+@pytest.mark.parametrize("kind", TUTORIAL_CELL_KINDS)
 def test_stateful_chunks_equal_whole_sequence_and_reset(kind):
     inputs = _random_sequence(batch=2, time=6, features=3, seed=1)
     whole = make_rnn(kind, 5, return_sequences=True)
@@ -79,7 +88,7 @@ def test_stateful_chunks_equal_whole_sequence_and_reset(kind):
 def test_return_state_is_the_last_output(kind):
     layer = make_rnn(kind, 4, return_sequences=True, return_state=True)
     outputs, *states = layer(_random_sequence())
-    assert len(states) == (2 if kind == "lstm" else 1)
+    assert len(states) == (2 if kind in ("lstm", "lstmp") else 1)
     np.testing.assert_allclose(states[0], outputs[:, -1], atol=1e-6)
 
 
@@ -100,7 +109,7 @@ def test_save_and_load_keras_file_gives_same_outputs(kind, tmp_path):
 @pytest.mark.parametrize(
     "kind, units, argument",
     [
-        ("gru", 4, "kind"),
+        ("peephole_lstm", 4, "kind"),
         ("", 4, "kind"),
         ("lstm", 0, "units"),
         ("concat", -2, "units"),
@@ -124,8 +133,23 @@ def test_the_kind_of_a_built_cell_is_the_kind_it_was_built_from(kind, tmp_path):
 
 
 def test_a_cell_of_no_kind_is_refused():
-    with pytest.raises(ValueError, match="a GRUCell is none of tfrnn's cells"):
-        cell_kind(keras.layers.GRUCell(3))
+    with pytest.raises(ValueError, match="a StackedRNNCells is none of tfrnn's cells"):
+        cell_kind(keras.layers.StackedRNNCells([keras.layers.LSTMCell(3)]))
+
+
+def test_the_tutorial_kinds_are_the_first_three():
+    assert TUTORIAL_CELL_KINDS == ("simple", "lstm", "concat")
+    assert CELL_KINDS == (*TUTORIAL_CELL_KINDS, "gru", "lstmp")
+
+
+def test_gru_and_lstmp_kinds_pass_their_options_to_the_cell():
+    # TF1's GRUCell is Keras' GRUCell with the reset gate applied before the matmul.
+    gru = make_cell("gru", 3, reset_after=False)
+    assert isinstance(gru, keras.layers.GRUCell) and not gru.reset_after
+    layer = make_rnn("lstmp", 4, projection_units=2, use_peepholes=True, return_state=True)
+    assert isinstance(layer.cell, LSTMPCell) and layer.cell.use_peepholes
+    output, h, c = layer(_random_sequence(batch=3, time=2, features=5))
+    assert output.shape == h.shape == (3, 2) and c.shape == (3, 4)
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
@@ -169,7 +193,7 @@ def _outputs_and_gradients(layer, inputs, jit_compile):
     return tf.function(run, jit_compile=jit_compile)(tf.constant(inputs))
 
 
-@pytest.mark.parametrize("kind", CELL_KINDS)
+@pytest.mark.parametrize("kind", TUTORIAL_CELL_KINDS)
 @pytest.mark.parametrize(
     "unroll, jit_compile", [(False, False), (False, True), (True, False), (True, True)]
 )
@@ -189,7 +213,7 @@ def test_rnn_gives_the_numbers_of_keras_rnn_on_the_same_cell(kind, unroll, jit_c
     assert all(float(tf.reduce_sum(tf.abs(gradient))) > 0 for gradient in ours_grads)
 
 
-@pytest.mark.parametrize("kind", CELL_KINDS)
+@pytest.mark.parametrize("kind", TUTORIAL_CELL_KINDS)
 def test_unrolled_rnn_with_final_states_and_carried_state_gives_keras_numbers(kind):
     # The unrolled loop is tfrnn's own: its last output, final states and a stateful
     # layer's carried state over two calls are keras.layers.RNN's on the same cell.
@@ -251,7 +275,7 @@ def _while_body_op_types(layer, inputs) -> set:
     return {node.op for node in body.node_def}
 
 
-@pytest.mark.parametrize("kind", CELL_KINDS)
+@pytest.mark.parametrize("kind", TUTORIAL_CELL_KINDS)
 def test_rnn_reads_the_weights_once_before_the_time_loop(kind):
     # Read inside the loop, a weight becomes a per-step intermediate that the gradient keeps
     # a copy of for every step; tfrnn's RNN hands the loop a value read before it.

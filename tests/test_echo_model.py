@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from tfrnn.layers.cells import CELL_KINDS
+from tfrnn.layers.cells import TUTORIAL_CELL_KINDS
 from tfrnn.tasks.echo.model import OneHot, build_echo_model, state_sizes, stateless_copy
 
 
@@ -18,7 +18,7 @@ def _nonzero_weights(model, seed=0):
     model.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in model.weights])
 
 
-@pytest.mark.parametrize("kind", CELL_KINDS)
+@pytest.mark.parametrize("kind", TUTORIAL_CELL_KINDS)
 def test_stateless_model_takes_any_batch_and_time(kind):
     model = build_echo_model(kind, 3)
     assert [layer.name for layer in model.layers[1:]] == ["one_hot", "rnn", "logits"]
@@ -31,7 +31,7 @@ def test_one_hot_layer():
     np.testing.assert_array_equal(OneHot()(np.array([[1, 0]], "int32")), [[[0, 1], [1, 0]]])
 
 
-@pytest.mark.parametrize("kind", CELL_KINDS)
+@pytest.mark.parametrize("kind", TUTORIAL_CELL_KINDS)
 def test_every_build_shares_the_weight_order(kind):
     stateless = build_echo_model(kind, 3)
     _nonzero_weights(stateless)
@@ -50,7 +50,7 @@ def test_every_build_shares_the_weight_order(kind):
     np.testing.assert_allclose(stateful(symbols), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", CELL_KINDS)
+@pytest.mark.parametrize("kind", TUTORIAL_CELL_KINDS)
 def test_stateless_copy_of_a_stateful_unrolled_model_has_its_weights(kind):
     trained = build_echo_model(kind, 3, batch_size=4, stateful=True, unroll=True)
     _nonzero_weights(trained, seed=3)
@@ -73,7 +73,7 @@ def test_stateless_copy_refuses_a_model_that_is_no_echo_model():
         stateless_copy(other)
 
 
-@pytest.mark.parametrize("kind", CELL_KINDS)
+@pytest.mark.parametrize("kind", TUTORIAL_CELL_KINDS)
 def test_chunked_stateful_and_explicit_forward_equal_the_whole_forward(kind):
     stateless = build_echo_model(kind, 3)
     _nonzero_weights(stateless, seed=1)
@@ -98,7 +98,7 @@ def test_chunked_stateful_and_explicit_forward_equal_the_whole_forward(kind):
     np.testing.assert_allclose(np.concatenate(chunks, axis=1), whole, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", CELL_KINDS)
+@pytest.mark.parametrize("kind", TUTORIAL_CELL_KINDS)
 def test_saved_stateless_model_reloads(kind, tmp_path):
     model = build_echo_model(kind, 3)
     _nonzero_weights(model, seed=3)

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from tfrnn.errors import UsageError
-from tfrnn.layers.cells import CELL_KINDS
+from tfrnn.layers.cells import TUTORIAL_CELL_KINDS
 from tfrnn.tasks.mnist import config as mnist_config
 from tfrnn.tasks.mnist import model as mnist_model
 
@@ -23,7 +23,7 @@ def _small(**overrides):
     return dataclasses.replace(mnist_config.Config(), units=6, **overrides)
 
 
-@pytest.mark.parametrize("kind", CELL_KINDS)
+@pytest.mark.parametrize("kind", TUTORIAL_CELL_KINDS)
 def test_rows_in_logits_out_for_every_cell(kind):
     model = mnist_model.build_model(_small(cell=kind))
     assert model.input_shape == (None, 28, 28)

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tfrnn.data.echo import epoch_rng, epoch_windows, generate_series
-from tfrnn.layers.cells import CELL_KINDS
+from tfrnn.layers.cells import TUTORIAL_CELL_KINDS
 from tfrnn.tasks.echo import tbptt
 from tfrnn.tasks.echo.model import build_echo_model, state_sizes
 
@@ -41,7 +41,7 @@ def _initial_weights(kind, seed=0):
     return build_echo_model(kind, 3).get_weights()
 
 
-@pytest.mark.parametrize("kind", CELL_KINDS)
+@pytest.mark.parametrize("kind", TUTORIAL_CELL_KINDS)
 def test_stateful_and_explicit_modes_give_the_same_losses(kind):
     weights = _initial_weights(kind)
     stateful_losses, stateful_weights = _train("stateful", kind, 5, weights)
@@ -55,7 +55,7 @@ def test_stateful_and_explicit_modes_give_the_same_losses(kind):
     assert not np.allclose(stateful_weights[0], weights[0])
 
 
-@pytest.mark.parametrize("kind", CELL_KINDS)
+@pytest.mark.parametrize("kind", TUTORIAL_CELL_KINDS)
 def test_true_tbptt_with_one_step_is_tf_style_with_one_step(kind):
     # With windows of one step both styles backpropagate every error exactly one step.
     weights = _initial_weights(kind, seed=1)
@@ -91,7 +91,7 @@ def _brute_force_true_tbptt(model, kind, symbols, targets, window_start, num_ste
     return float(loss), [np.asarray(g) for g in tape.gradient(loss, variables)]
 
 
-@pytest.mark.parametrize("kind", CELL_KINDS)
+@pytest.mark.parametrize("kind", TUTORIAL_CELL_KINDS)
 def test_true_tbptt_backpropagates_every_error_exactly_n_steps(kind):
     num_steps = 3
     model = tbptt.build_training_model("true", kind, 3, BATCH)

@@ -1,12 +1,18 @@
-"""Recurrent cells and the one factory that wraps them in `keras.layers.RNN`.
+"""Recurrent cells and the one factory that wraps them in :class:`RNN`.
 
-Three kinds of cell, chosen by name:
+Five kinds of cell, chosen by name:
 
 * ``simple``: Keras' ``SimpleRNNCell``, the TF1 ``BasicRNNCell``.
 * ``lstm``: Keras' ``LSTMCell``, the TF1 ``BasicLSTMCell`` (``unit_forget_bias`` is
   the TF1 ``forget_bias=1``).
 * ``concat``: :class:`ConcatRNNCell`, the tutorials' hand-built loop
   ``state = tanh([x ; state] . W + b)`` with a single matrix ``W``.
+* ``gru``: Keras' ``GRUCell``; with ``reset_after=False`` it computes the TF1 ``GRUCell``.
+* ``lstmp``: :class:`~tfrnn.layers.lstmp_cell.LSTMPCell`, the TF1 ``LSTMCell`` with its
+  peepholes, clips and projection.
+
+The tutorials and the experiments built on them (MNIST, echo) use the first three,
+:data:`TUTORIAL_CELL_KINDS`; the other two are for models converted from TF1.
 
 Every kind is wrapped in :class:`RNN`, a ``keras.layers.RNN`` that reads the cell's weights
 once per call instead of once per time step, so the while-loop ("dynamic_rnn") and the
@@ -19,6 +25,8 @@ import inspect
 
 import keras
 import tensorflow as tf
+
+from tfrnn.layers.lstmp_cell import LSTMPCell, positive_integer
 
 
 @tf.function
@@ -45,13 +53,6 @@ def concat_rnn_step(inputs, state, kernel, bias):
     )
 
 
-def _check_units(units) -> int:
-    # bool is an int subclass; True units is a typo, not a width.
-    if isinstance(units, bool) or not isinstance(units, int) or units <= 0:
-        raise ValueError(f"units must be a positive integer, got {units!r}")
-    return units
-
-
 @keras.saving.register_keras_serializable(package="tfrnn")
 class ConcatRNNCell(keras.layers.Layer):
     """The tutorials' hand-built tanh cell, with one kernel over ``[x_t ; state_{t-1}]``.
@@ -72,7 +73,7 @@ class ConcatRNNCell(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.units = _check_units(units)
+        self.units = positive_integer("units", units)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.state_size = self.units
@@ -223,16 +224,21 @@ CELL_CLASSES = {
     "simple": keras.layers.SimpleRNNCell,
     "lstm": keras.layers.LSTMCell,
     "concat": ConcatRNNCell,
+    "gru": keras.layers.GRUCell,
+    "lstmp": LSTMPCell,
 }
 CELL_KINDS = tuple(CELL_CLASSES)
+# The tutorials' cells, the ones their experiments (MNIST, echo) offer.
+TUTORIAL_CELL_KINDS = ("simple", "lstm", "concat")
 
 
 def make_cell(kind: str, units: int, **cell_kwargs) -> keras.layers.Layer:
     """Builds one cell of ``kind`` (one of :data:`CELL_KINDS`) with ``units`` units.
 
-    ``cell_kwargs`` go to the cell's constructor (initialisers, ``unit_forget_bias``...).
+    ``cell_kwargs`` go to the cell's constructor (initialisers, ``unit_forget_bias``,
+    ``reset_after`` for ``gru``, ``projection_units`` for ``lstmp``...).
     """
-    _check_units(units)
+    positive_integer("units", units)
     if kind not in CELL_CLASSES:
         raise ValueError(f"kind must be one of {', '.join(CELL_KINDS)}; got {kind!r}")
     return CELL_CLASSES[kind](units, **cell_kwargs)
@@ -260,16 +266,19 @@ def make_rnn(
     """A recurrent layer: :class:`RNN` (a ``keras.layers.RNN``) around a cell of ``kind``.
 
     Args:
-      kind: ``simple``, ``lstm`` or ``concat``.
-      units: state width, a positive integer.
+      kind: one of :data:`CELL_KINDS`: ``simple``, ``lstm``, ``concat``, ``gru`` or ``lstmp``.
+      units: state width, a positive integer (for ``lstmp``, the cell state's; its output
+        and ``h`` are ``projection_units`` wide if that is given).
       return_sequences: output (batch, time, units) instead of the last step's (batch, units).
-      return_state: also return the final state(s): ``[h]`` for simple/concat, ``[h, c]``
-        for lstm.
+      return_state: also return the final state(s): ``[h]`` for simple, concat and gru,
+        ``[h, c]`` for lstm and lstmp.
       stateful: carry the final state of each call into the next (needs a static batch).
       unroll: ``True`` builds the graph step by step like TF1 ``static_rnn`` (needs a
         static time length); ``False`` runs a while loop like ``dynamic_rnn``.
       name: the layer's name.
-      **cell_kwargs: passed to the cell.
+      **cell_kwargs: passed to the cell, for example ``reset_after=False`` (gru: TF1's
+        GRUCell) or ``projection_units``, ``use_peepholes``, ``cell_clip``,
+        ``projection_clip`` (lstmp).
     """
     cell = make_cell(kind, units, **cell_kwargs)
     return RNN(

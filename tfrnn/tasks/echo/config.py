@@ -7,7 +7,7 @@ import math
 
 from tfrnn.data.echo import ECHO_RULE, expected_loss
 from tfrnn.errors import UsageError
-from tfrnn.layers.cells import CELL_KINDS
+from tfrnn.layers.cells import TUTORIAL_CELL_KINDS
 from tfrnn.tasks.echo import tbptt
 
 # The tutorial reports the mean loss of every 100 batches; final_loss is the last such mean.
@@ -76,8 +76,10 @@ def check_config(config: EchoConfig) -> EchoConfig:
         value = getattr(config, field)
         if not low <= value <= high:
             raise UsageError(f"--{field} must be in [{low}, {high}], got {value}")
-    if config.cell not in CELL_KINDS:
-        raise UsageError(f"--cell must be one of {', '.join(CELL_KINDS)}, got {config.cell!r}")
+    if config.cell not in TUTORIAL_CELL_KINDS:
+        raise UsageError(
+            f"--cell must be one of {', '.join(TUTORIAL_CELL_KINDS)}, got {config.cell!r}"
+        )
     if config.mode not in tbptt.MODES:
         raise UsageError(f"--mode must be one of {', '.join(tbptt.MODES)}, got {config.mode!r}")
     windows = config.windows_per_epoch

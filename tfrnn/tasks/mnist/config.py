@@ -12,7 +12,7 @@ import math
 
 from tfrnn.data import mnist as mnist_data
 from tfrnn.errors import UsageError
-from tfrnn.layers.cells import CELL_KINDS
+from tfrnn.layers.cells import TUTORIAL_CELL_KINDS
 
 SCHEDULES = ("constant", "cosine")
 RECURRENT_INITS = ("keras", "tf1")
@@ -40,7 +40,7 @@ class Config:
     )
     data_dir: str | None = _field(None, "folder of the four MNIST IDX files (.gz or not)")
     validation_size: int = _field(0, "leave out the first N training images (TF1 held out 5000)")
-    cell: str = _field("lstm", "recurrent cell: " + ", ".join(CELL_KINDS))
+    cell: str = _field("lstm", "recurrent cell: " + ", ".join(TUTORIAL_CELL_KINDS))
     units: int = _field(128, "units of the recurrent cell")
     input_projection: int = _field(0, "units of a Dense layer on each row before the RNN; 0: none")
     normalize: bool = _field(True, "standardise pixels with the MNIST mean/std inside the model")
@@ -176,7 +176,10 @@ def validate(config: Config) -> None:
         if not condition:
             raise UsageError(message)
 
-    check(config.cell in CELL_KINDS, f"--cell must be one of {', '.join(CELL_KINDS)}")
+    check(
+        config.cell in TUTORIAL_CELL_KINDS,
+        f"--cell must be one of {', '.join(TUTORIAL_CELL_KINDS)}",
+    )
     for name, (low, high) in BOUNDS.items():
         value = getattr(config, name)
         check(low <= value <= high, f"--{name} must be in [{low}, {high}], got {value}")
