@@ -54,7 +54,7 @@ from tfrnn.tf1.recurrent import build_layer, find_recurrent_scopes
 from tfrnn.tf1.word_model import build_word_model, find_word_model
 
 FLAGS = flags.FLAGS
-NEW_NAMES, OLD_NAMES = "TF >= 1.2 (kernel, bias)", "TF 1.0-1.1 (weights, biases)"
+NEW_NAMES, OLD_NAMES = "TF >= 1.2 names (kernel, bias)", "TF 1.0-1.1 names (weights, biases)"
 # How each family's variables become the Keras cell's, for conversion.json.
 ARITHMETIC = {
     "BasicRNNCell": "SimpleRNNCell: kernel = K[:n], recurrent_kernel = K[n:], bias = b",
@@ -279,7 +279,7 @@ def _report_tutorial(conversion: tutorials.Conversion, workdir: str) -> None:
 
 
 def _report_model(record: dict, workdir: str) -> None:
-    print(f"converted {FLAGS.tf1_checkpoint} ({record['naming']} names) to {workdir}:")
+    print(f"converted {FLAGS.tf1_checkpoint} ({record['naming']}) to {workdir}:")
     for scope, layer in record["layers"].items():
         target = layer.get("file", "model.keras")
         print(f"  {scope}: {layer['tf1']} -> {workdir}/{target}")
