@@ -57,6 +57,56 @@ def test_a_one_point_curve_is_drawn_as_a_dot():
     assert longer.get_marker() in ("None", "", None)
 
 
+def _metrics(curve, num_steps=5):
+    """A run's metrics for the plots: ``curve``, one point per epoch of 100 windows."""
+    config = dataclasses.replace(SMALL, num_steps=num_steps, series_length=20_000 * num_steps)
+    return {"config": dataclasses.asdict(config), "curve": curve}
+
+
+def test_points_outside_the_range_are_marked_on_its_edges():
+    figure = echo_train.curves_figure({"spiky": _metrics([0.6, 0.95, 0.5, 0.8, 0.4])})
+    (axes,) = figure.axes
+    assert axes.get_ylim() == echo_train.LOSS_RANGE == (0.43, 0.70)
+    above = [line for line in axes.get_lines() if line.get_marker() == "^"]
+    below = [line for line in axes.get_lines() if line.get_marker() == "v"]
+    assert above[0].get_xydata().tolist() == [[2, 0.70], [4, 0.70]]
+    assert below[0].get_xydata().tolist() == [[5, 0.43]]
+    assert not above[0].get_clip_on()  # drawn over the edge, not cut off
+    assert axes.texts[-1].get_text() == "▲ above 0.70, up to 0.95; ▼ below 0.43, down to 0.40"
+    calm = echo_train.curves_figure({"calm": _metrics([0.6, 0.5])}).axes[0]
+    assert [line.get_marker() for line in calm.get_lines()[:1]] == ["None"]
+    assert not any("above" in text.get_text() for text in calm.texts)
+
+
+def test_styles_plot_names_the_styles_and_keeps_words_out_of_the_data():
+    panels = {
+        n: {
+            style: _metrics([0.6, 0.52, 0.5], 2 * n if style == "TF-style 2n" else n)
+            for style in echo_train.STYLE_LINES
+        }
+        for n in (5, 10)
+    }
+    figure = echo_train.styles_figure(panels, title="state 4")
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    (legend,) = figure.legends
+    assert [text.get_text() for text in legend.get_texts()] == [
+        "TF-style n",
+        "TF-style 2n",
+        "true n",
+    ]
+    assert [axes.get_title(loc="left") for axes in figure.axes] == ["n = 5", "n = 10"]
+    # The level names beside the last panel only; no word inside any panel.
+    assert [len(axes.texts) for axes in figure.axes] == [0, 3]
+    for axes in figure.axes:
+        box = axes.get_window_extent(renderer)
+        for text in [legend, *figure.axes[-1].texts]:
+            assert not text.get_window_extent(renderer).overlaps(box)
+    # One run: its title names it, and no legend.
+    single = echo_train.curves_figure({"run": _metrics([0.6, 0.5])}, title="run")
+    assert not single.legends and single.axes[0].get_legend() is None
+
+
 def test_a_diverging_run_stops_with_a_one_line_error(tmp_path):
     config = dataclasses.replace(SMALL, learning_rate=1e38, epochs=1, jit_compile=False)
     message = r"loss became nan at step 1 \(epoch 1, run of 100 windows 1\)"

@@ -135,6 +135,11 @@ def _write_results(model, config: EchoConfig, metrics: dict, workdir: str, verbo
         )
 
 
+# The loss range the echo plots show: the three reference levels with room around them.
+# Rare spikes (Adagrad 0.1) would squash the curves; a point outside is marked at the edge.
+LOSS_RANGE = (0.43, 0.70)
+
+
 def plot_curves(runs: dict, path: str, *, title: str = "", styles: dict | None = None) -> None:
     """Writes :func:`curves_figure` of ``runs`` to the PNG ``path``."""
     save_figure(curves_figure(runs, title=title, styles=styles), path)
@@ -144,8 +149,9 @@ def curves_figure(runs: dict, *, title: str = "", styles: dict | None = None):
     """Each run's curve (mean loss per 100 windows, against epochs) with the references.
 
     The three reference lines are the expected losses of learning nothing, the t-3
-    dependency, and both; the y axis is clipped to [0.43, 0.70]. A curve of one point (one
-    epoch of fewer than 200 windows) is drawn as a dot.
+    dependency, and both, named beside the right edge. The y axis shows
+    :data:`LOSS_RANGE`; points outside it are marked on its edge (:func:`_plot_curve`).
+    A legend, below the plot, names the runs if there are several (the title names one).
 
     Args:
       runs: label -> metrics (as returned by :func:`train_and_evaluate`).
@@ -155,40 +161,151 @@ def curves_figure(runs: dict, *, title: str = "", styles: dict | None = None):
     Returns:
       The matplotlib Figure.
     """
+    figure, axes = _pyplot().subplots(figsize=(7, 4), dpi=100, layout="constrained")
+    curves = [
+        _plot_curve(axes, metrics, label=label, **(styles or {}).get(label, {}))
+        for label, metrics in runs.items()
+    ]
+    _draw_levels(axes, named=True)
+    _show_loss_range(axes, curves)
+    axes.set_ylabel("mean loss of 100 windows (nats)")
+    axes.set_title(title)
+    if len(runs) > 1:
+        figure.legend(loc="outside lower center", ncol=min(len(runs), 3), fontsize=8)
+    return figure
+
+
+# How styles_figure draws each truncation style, in the words of the styles notebook.
+STYLE_LINES = {
+    "TF-style n": {"color": "tab:blue", "linestyle": ":"},
+    "TF-style 2n": {"color": "tab:orange", "linestyle": "--"},
+    "true n": {"color": "tab:green", "linestyle": "-"},
+}
+
+
+def plot_styles(panels: dict, path: str, *, title: str = "") -> None:
+    """Writes :func:`styles_figure` of ``panels`` to the PNG ``path``."""
+    save_figure(styles_figure(panels, title=title), path)
+
+
+def styles_figure(panels: dict, *, title: str = ""):
+    """One panel per n, each with the curves of TF-style n, TF-style 2n and true n.
+
+    Args:
+      panels: n -> {style: metrics}, the styles the keys of :data:`STYLE_LINES`.
+      title: the figure's title.
+
+    Returns:
+      The matplotlib Figure: the panels share the y axis (:data:`LOSS_RANGE`, points
+      outside marked on its edge), the reference levels are named beside the last panel,
+      and one legend below names the styles.
+    """
+    figure, panel_axes = _pyplot().subplots(
+        1,
+        len(panels),
+        figsize=(3.4 * len(panels) + 1.2, 4),
+        dpi=100,
+        sharey=True,
+        layout="constrained",
+        squeeze=False,
+    )
+    for index, (axes, (n, runs)) in enumerate(zip(panel_axes[0], panels.items(), strict=True)):
+        curves = [
+            _plot_curve(axes, metrics, label=style, **STYLE_LINES[style])
+            for style, metrics in runs.items()
+        ]
+        _draw_levels(axes, named=index == len(panels) - 1)
+        _show_loss_range(axes, curves)
+        axes.set_title(f"n = {n}", loc="left")
+    panel_axes[0, 0].set_ylabel("mean loss of 100 windows (nats)")
+    handles, labels = panel_axes[0, 0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=9)
+    figure.suptitle(title)
+    return figure
+
+
+def _pyplot():
+    """matplotlib's pyplot, drawing to files (the Agg backend), also where no display is."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    figure, axes = pyplot.subplots(figsize=(7, 4), dpi=100)
-    for label, metrics in runs.items():
-        config = metrics["config"]
-        windows_per_epoch = EchoConfig(**config).windows_per_epoch
-        # In epochs, so that runs with different window lengths line up.
-        epochs = np.arange(1, len(metrics["curve"]) + 1) * REPORT_EVERY / windows_per_epoch
-        style = {"marker": "o"} if len(epochs) == 1 else {}
-        style.update((styles or {}).get(label, {}))
-        axes.plot(epochs, metrics["curve"], label=label, **style)
-    for level, (name, value) in zip(("-", "--", ":"), expected_losses().items(), strict=True):
-        axes.axhline(value, color="grey", linestyle=level, linewidth=1)
+    return pyplot
+
+
+def _plot_curve(axes, metrics: dict, **style) -> np.ndarray:
+    """One run's curve against epochs, so that runs with other window lengths line up.
+
+    A curve of one point (one epoch of fewer than 200 windows) is drawn as a dot. Points
+    outside :data:`LOSS_RANGE` are also drawn on its edge as triangles pointing out of it
+    (drawn over the axes' edge, unclipped). Returns the curve's values.
+    """
+    windows_per_epoch = EchoConfig(**metrics["config"]).windows_per_epoch
+    epochs = np.arange(1, len(metrics["curve"]) + 1) * REPORT_EVERY / windows_per_epoch
+    curve = np.asarray(metrics["curve"], dtype=float)
+    (line,) = axes.plot(epochs, curve, **({"marker": "o"} if len(curve) == 1 else {}), **style)
+    for outside, edge, marker in (
+        (curve > LOSS_RANGE[1], LOSS_RANGE[1], "^"),
+        (curve < LOSS_RANGE[0], LOSS_RANGE[0], "v"),
+    ):
+        if outside.any():
+            axes.plot(
+                epochs[outside],
+                np.full(outside.sum(), edge),
+                linestyle="none",
+                marker=marker,
+                markersize=6,
+                color=line.get_color(),
+                clip_on=False,
+                zorder=3,
+            )
+    return curve
+
+
+def _show_loss_range(axes, curves: list[np.ndarray]) -> None:
+    """Sets the y range to :data:`LOSS_RANGE` and the x label; if any of ``curves`` leaves
+    the range, says above the plot how far the points marked on its edges go."""
+    low, high = LOSS_RANGE
+    values = np.concatenate(curves)
+    notes = []
+    if np.any(values > high):
+        notes.append(f"▲ above {high:.2f}, up to {values.max():.2f}")
+    if np.any(values < low):
+        notes.append(f"▼ below {low:.2f}, down to {values.min():.2f}")
+    if notes:
         axes.annotate(
-            f"{name} {value:.4f}",
-            (0.0, value),
-            xycoords=("axes fraction", "data"),
-            xytext=(4, 2),
+            "; ".join(notes),
+            (1.0, 1.0),
+            xycoords="axes fraction",
+            xytext=(0, 3),
             textcoords="offset points",
-            ha="left",
+            ha="right",
+            va="bottom",
             fontsize=8,
             color="dimgrey",
         )
-    # Rare spikes (Adagrad 0.1) would squash the curves: show the range that matters.
-    axes.set_ylim(0.43, 0.70)
+    axes.set_ylim(low, high)
     axes.set_xlabel("epochs")
-    axes.set_ylabel("mean loss of 100 windows (nats)")
-    axes.set_title(title)
-    axes.legend(fontsize=8, loc="upper right")
-    figure.tight_layout()
-    return figure
+
+
+def _draw_levels(axes, *, named: bool) -> None:
+    """The three expected-loss levels as grey lines; ``named``: their names and values
+    beside the right edge, outside the plot, where no curve runs."""
+    for level, (name, value) in zip(("-", "--", ":"), expected_losses().items(), strict=True):
+        axes.axhline(value, color="grey", linestyle=level, linewidth=1)
+        if named:
+            axes.annotate(
+                f"{name}\n{value:.4f}",
+                (1.0, value),
+                xycoords=("axes fraction", "data"),
+                xytext=(4, 0),
+                textcoords="offset points",
+                ha="left",
+                va="center",
+                fontsize=8,
+                color="dimgrey",
+            )
 
 
 def _summary_record(config: EchoConfig, metrics: dict) -> dict:
@@ -304,17 +421,18 @@ def run_styles(
     if chief:
         os.makedirs(output_dir, exist_ok=True)
     for state_size in state_sizes:
-        configs = []
-        for n in steps:
-            configs += [
-                dataclasses.replace(base, state_size=state_size, num_steps=n, mode=TF_STYLE_MODE),
-                dataclasses.replace(
-                    base, state_size=state_size, num_steps=2 * n, mode=TF_STYLE_MODE
-                ),
-                dataclasses.replace(base, state_size=state_size, num_steps=n, mode="true"),
-            ]
+        sized = dataclasses.replace(base, state_size=state_size)
+        # n -> {style: config}, the styles in the words of STYLE_LINES.
+        styles = {
+            n: {
+                "TF-style n": dataclasses.replace(sized, num_steps=n, mode=TF_STYLE_MODE),
+                "TF-style 2n": dataclasses.replace(sized, num_steps=2 * n, mode=TF_STYLE_MODE),
+                "true n": dataclasses.replace(sized, num_steps=n, mode="true"),
+            }
+            for n in steps
+        }
         state_records, runs = _run_all(
-            [check_config(c) for c in configs],
+            [check_config(c) for by_style in styles.values() for c in by_style.values()],
             root,
             verbose=verbose,
             strategy=strategy,
@@ -323,20 +441,13 @@ def run_styles(
         records += state_records
         if not chief:
             continue
-        # One colour per n; the line says the style.
-        line_styles = {}
-        palette = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
-        for index in range(len(steps)):
-            colour = palette[index % len(palette)]
-            tf_n, tf_2n, true_n = configs[3 * index : 3 * index + 3]
-            line_styles[tf_n.name] = {"color": colour, "linestyle": ":"}
-            line_styles[tf_2n.name] = {"color": colour, "linestyle": "--"}
-            line_styles[true_n.name] = {"color": colour, "linestyle": "-"}
-        plot_curves(
-            runs,
+        plot_styles(
+            {
+                n: {style: runs[config.name] for style, config in by_style.items()}
+                for n, by_style in styles.items()
+            },
             os.path.join(output_dir, f"styles_state{state_size}.png"),
-            title=f"state {state_size}: TF-style n (dotted), 2n (dashed), true n (solid)",
-            styles=line_styles,
+            title=f"state {state_size}: TF-style n and 2n against true n",
         )
     if not chief:
         return records
