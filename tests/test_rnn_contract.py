@@ -77,9 +77,19 @@ def _zero_states(layer):
         state.assign(np.zeros(state.shape, state.dtype))
 
 
+def _plain(structure):
+    """``structure`` with TensorFlow's tracking lists (a stateful stack's states come back in
+    them from a while loop) as the plain lists they subclass."""
+    if isinstance(structure, tuple):
+        return tuple(_plain(item) for item in structure)
+    if isinstance(structure, list):
+        return [_plain(item) for item in structure]
+    return structure
+
+
 def _assert_same(ours, theirs):
     """Same nesting (list or tuple at every level) and the same numbers, bit for bit."""
-    keras.tree.assert_same_structure(ours, theirs)
+    keras.tree.assert_same_structure(_plain(ours), _plain(theirs))
     for got, want in zip(keras.tree.flatten(ours), keras.tree.flatten(theirs), strict=True):
         np.testing.assert_array_equal(got, want)
 
@@ -169,3 +179,20 @@ def test_gradients_of_a_stack_equal_keras(unroll):
     for ours_gradient, their_gradient in zip(got, want, strict=True):
         np.testing.assert_allclose(ours_gradient, their_gradient, rtol=1e-6, atol=1e-7)
     assert all(np.abs(gradient).sum() > 0 for gradient in got)
+
+
+def test_one_cell_stack_unrolled_gives_the_while_loops_numbers():
+    # A one-cell StackedRNNCells (TF1's MultiRNNCell([cell])) takes [[h, c]] and returns
+    # [h, c]. Keras' while loop puts the states back in the initial nesting; its unrolled
+    # loop does not and fails (keras 3.15). tfrnn's unrolled loop nests them as the while
+    # loop does, so both modes give the while loop's numbers.
+    options = dict(return_sequences=True, return_state=True)
+    ours = RNN(_stack(keras.layers.LSTMCell(3)), unroll=True, **options)
+    got = ours(_sequence(8))
+    theirs = keras.layers.RNN(
+        keras.layers.deserialize(keras.layers.serialize(ours.cell)), **options
+    )
+    theirs(_sequence(8))
+    theirs.set_weights(ours.get_weights())
+    _assert_same(got, theirs(_sequence(8)))
+    assert [state.shape for state in got[1]] == [(BATCH, 3), (BATCH, 3)]

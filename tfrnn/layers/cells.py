@@ -159,7 +159,8 @@ class RNN(keras.layers.RNN):
 
         Keras' own unrolled loop, but each step's incoming leaf states other than the
         previous step's output pass through :func:`gradient_computed_once`, which changes no
-        number.
+        number, and the states keep the nesting of ``initial_state`` from step to step, as
+        in Keras' while loop.
 
         Args:
           sequences: (batch, time, features), time static.
@@ -170,7 +171,7 @@ class RNN(keras.layers.RNN):
         Returns:
           Keras' inner-loop triple: the last output (batch, units); the outputs (batch,
           time, units) with ``return_sequences``, else (batch, 1, units); the final states,
-          in the structure the cell returns them.
+          nested as ``initial_state``.
         """
         states = initial_state
         takes_training = "training" in inspect.signature(self.cell.call).parameters
@@ -179,12 +180,13 @@ class RNN(keras.layers.RNN):
         for inputs in tf.unstack(sequences, axis=1):
             # A state that is the previous step's output gets its gradient through this
             # step's matmul, which XLA never fuses into its consumers; the others (an LSTM's
-            # carry) only through elementwise ops. As in Keras' loop, the cell gets a tuple
-            # of the states it returned, each in the structure it returned it.
-            states = tuple(_carried_states(states, output))
-            output, states = self.cell(inputs, states, **cell_kwargs)
-            if not keras.tree.is_nested(states):
-                states = [states]
+            # carry) only through elementwise ops.
+            output, new_states = self.cell(
+                inputs, tuple(_carried_states(states, output)), **cell_kwargs
+            )
+            # As in Keras' while loop, the states keep the initial states' nesting: a
+            # one-cell StackedRNNCells returns its cell's states one level less nested.
+            states = keras.tree.pack_sequence_as(initial_state, keras.tree.flatten(new_states))
             outputs.append(output)
         kept = outputs if self.return_sequences else outputs[-1:]
         return outputs[-1], tf.stack(kept, axis=1), states
