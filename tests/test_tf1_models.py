@@ -102,8 +102,13 @@ def test_a_cell_of_the_users_name_is_told_by_its_variables_or_refused():
         "rnn/fw/mine": "LSTMCell(2, use_peepholes=True)",  # a lone fw: no bidirectional call
         "rnn/multi_rnn_cell": "MultiRNNCell([BasicRNNCell(3)])",
     }
-    with pytest.raises(UsageError, match=r"rnn/mine/kernel \(7, 8\) fits a BasicRNNCell of 8"):
-        _scopes(_rnn("rnn/mine", -1, 8))
+    # Kernel (12, 8), bias (8,): a BasicRNNCell of 8 units on 4 inputs, or an LSTM of 2 on 10.
+    ambiguous = _rnn("rnn/mine", 4, 8)
+    with pytest.raises(UsageError, match=r"rnn/mine/kernel \(12, 8\) fits a BasicRNNCell of 8"):
+        _scopes(ambiguous)
+    # Below an LSTM that gives 4 outputs, only the BasicRNNCell fits.
+    stacked = {**_lstm("rnn/cell_0/lstm_cell", 3, 4), **_rnn("rnn/cell_1/mine", 4, 8)}
+    assert _scopes(stacked) == {"rnn": ("MultiRNNCell([LSTMCell(4), BasicRNNCell(8)])", 3, 8)}
 
 
 # (the variables, what the one line must say)

@@ -209,7 +209,9 @@ def _gru(scope: str, leaves: dict, variables: dict) -> Cell:
     return Cell(scope, "GRUCell", units, input_size, 0, False, roles)
 
 
-def _lstm_or_rnn(scope: str, leaves: dict, variables: dict) -> Cell:
+def _lstm_or_rnn(scope: str, leaves: dict, variables: dict) -> Cell | tuple:
+    """The cell at ``scope``; for a cell of the user's name whose kernel fits both a
+    BasicRNNCell and an LSTM, the tuple of both (its neighbours in a stack may tell)."""
     names = leaves[scope]
     roles = {"kernel": _find(leaves, scope, "kernel"), "bias": _find(leaves, scope, "bias")}
     roles.update({diag: names[diag] for diag in PEEPHOLES if diag in names})
@@ -217,20 +219,42 @@ def _lstm_or_rnn(scope: str, leaves: dict, variables: dict) -> Cell:
     if projection_kernel:
         roles["projection"] = projection_kernel
     _check_owned(scope, roles, variables, "cell")
-    family = _family(scope, roles, variables)
-    if family == "GRUCell":
+    candidates, misfits = [], []
+    for family in _families(scope, roles):
+        try:
+            candidates.append(_sized(scope, family, roles, variables))
+        except UsageError as misfit:
+            misfits.append(misfit)
+    if not candidates:
+        raise misfits[0]
+    return candidates[0] if len(candidates) == 1 else tuple(candidates)
+
+
+def _families(scope: str, roles: dict) -> list[str]:
+    """The families a cell's name says, or (a name of the user's) its variables allow."""
+    name = scope.rpartition("/")[2]
+    if name == "gru_cell":
         raise UsageError(f"cell {scope}: a GRUCell without gates/ and candidate/ variables")
+    if name in DEFAULT_NAMES:
+        return [DEFAULT_NAMES[name]]
+    if set(roles) - {"kernel", "bias"}:
+        return ["LSTMCell"]
+    return ["BasicRNNCell", "LSTMCell"]
+
+
+def _sized(scope: str, family: str, roles: dict, variables: dict) -> Cell:
+    """The cell of ``family`` at ``scope``, its sizes read from the shapes, or UsageError."""
     if family != "LSTMCell":  # only LSTMCell has peepholes and a projection
         roles = {role: roles[role] for role in ("kernel", "bias")}
     _check_owned(scope, roles, variables, family)
     rows, columns = (_shape(variables, roles["kernel"]) + (0, 0))[:2]
     gates = 4 if family in LSTM_FAMILIES else 1
     units = columns // gates
-    projection = _shape(variables, projection_kernel)[-1] if projection_kernel else 0
+    projection = _shape(variables, roles["projection"])[-1] if "projection" in roles else 0
     input_size = rows - (projection or units)
     expected = {"bias": (columns,)}
     expected.update({diag: (units,) for diag in PEEPHOLES if diag in roles})
-    if projection_kernel:
+    if projection:
         expected["projection"] = (units, projection)
     peepholes = [diag for diag in PEEPHOLES if diag in roles]
     if (
@@ -245,20 +269,15 @@ def _lstm_or_rnn(scope: str, leaves: dict, variables: dict) -> Cell:
     return Cell(scope, family, units, input_size, projection, bool(peepholes), roles)
 
 
-def _family(scope: str, roles: dict, variables: dict) -> str:
-    """The family a cell's name says, or (a name of the user's) its variables say."""
-    name = scope.rpartition("/")[2]
-    if name in DEFAULT_NAMES:
-        return DEFAULT_NAMES[name]
-    if set(roles) - {"kernel", "bias"}:
-        return "LSTMCell"
-    kernel = _shape(variables, roles["kernel"])
-    if len(kernel) == 2 and kernel[1] % 4:
-        return "BasicRNNCell"
-    raise UsageError(
-        f"cell {scope}: {roles['kernel']} {kernel} fits a BasicRNNCell of {kernel[-1]} units and "
-        f"an LSTM of {kernel[-1] // 4}, and its name is none of the defaults "
-        f"({', '.join(DEFAULT_NAMES)}) that would tell them apart"
+def ambiguous(candidates: tuple) -> UsageError:
+    """The refusal of a cell whose family neither its name nor its neighbours tell."""
+    rnn, lstm = candidates
+    kernel = rnn.variables["kernel"]
+    return UsageError(
+        f"cell {rnn.scope}: {kernel} ({rnn.input_size + rnn.units}, {rnn.units}) fits a "
+        f"BasicRNNCell of {rnn.units} units on {rnn.input_size} inputs and an LSTM of "
+        f"{lstm.units} on {lstm.input_size}, and neither its name (none of "
+        f"{', '.join(DEFAULT_NAMES)}) nor the cells beside it tell them apart"
     )
 
 

@@ -92,8 +92,9 @@ def find_recurrent_scopes(variables: dict) -> list[RecurrentScope]:
     calls: dict[str, dict[str, dict[int, tf1_cells.Cell]]] = {}
     tops, stacked = {}, {}
     for cell in tf1_cells.find_cells(variables):
-        layer = _STACK_LAYER.fullmatch(cell.scope)
-        top, index = (layer["stack"], int(layer["index"])) if layer else (cell.scope, 0)
+        scope = (cell[0] if isinstance(cell, tuple) else cell).scope
+        layer = _STACK_LAYER.fullmatch(scope)
+        top, index = (layer["stack"], int(layer["index"])) if layer else (scope, 0)
         bidirectional_call, _, last = top.rpartition("/")[0].rpartition("/")
         call, direction = (bidirectional_call, last) if last in ("fw", "bw") else (top, "fw")
         calls.setdefault(call, {}).setdefault(direction, {})[index] = cell
@@ -118,13 +119,13 @@ def find_recurrent_scopes(variables: dict) -> list[RecurrentScope]:
 
 def _stack(call: str, layers: dict) -> tuple:
     """The layers of one direction in order, checked: none missing, each fed the last's width."""
-    ordered = tuple(layers[index] for index in sorted(layers))
     missing = sorted(set(range(max(layers) + 1)) - set(layers))
     if missing:
         raise UsageError(
             f"{call}: a MultiRNNCell without cell_{missing[0]}, though it has "
             f"cell_{max(layers)}: the checkpoint lacks a layer's variables"
         )
+    ordered = _resolve([layers[index] for index in sorted(layers)])
     for below, above in zip(ordered, ordered[1:], strict=False):
         if above.input_size != below.output_size:
             raise UsageError(
@@ -132,6 +133,31 @@ def _stack(call: str, layers: dict) -> tuple:
                 f"gives {below.output_size}"
             )
     return ordered
+
+
+def _resolve(layers: list) -> tuple:
+    """The stack's layers with each ambiguous one (a tuple of candidate cells) replaced by the
+    candidate whose widths fit the layers beside it; refused where none or both fit."""
+    layers = list(layers)
+    while any(isinstance(layer, tuple) for layer in layers):
+        resolved = False
+        for index, layer in enumerate(layers):
+            if not isinstance(layer, tuple):
+                continue
+            below = layers[index - 1] if index > 0 else None
+            above = layers[index + 1] if index + 1 < len(layers) else None
+            fitting = [
+                cell
+                for cell in layer
+                if (not isinstance(below, tf1_cells.Cell) or cell.input_size == below.output_size)
+                and (not isinstance(above, tf1_cells.Cell) or cell.output_size == above.input_size)
+            ]
+            known = [n for n in (below, above) if isinstance(n, tf1_cells.Cell)]
+            if len(fitting) == 1 and known:
+                layers[index], resolved = fitting[0], True
+        if not resolved:
+            raise tf1_cells.ambiguous(next(layer for layer in layers if isinstance(layer, tuple)))
+    return tuple(layers)
 
 
 def build_layer(
@@ -151,10 +177,12 @@ def build_layer(
     """
     name = scope.scope.replace("/", "_")
 
-    def rnn(cells, stacked, go_backwards, suffix):
+    def rnn(cells, go_backwards, suffix):
         keras_cells = [tf1_cells.keras_cell(cell, options) for cell in cells]
         return RNN(
-            keras.layers.StackedRNNCells(keras_cells) if stacked else keras_cells[0],
+            # A stack of one runs as its cell (the same states, flattened): Keras 3.15's while
+            # loop fails on a mask with a StackedRNNCells of one cell.
+            keras.layers.StackedRNNCells(keras_cells) if len(keras_cells) > 1 else keras_cells[0],
             return_sequences=True,
             return_state=return_state,
             zero_output_for_mask=True,
@@ -165,19 +193,19 @@ def build_layer(
 
     if scope.bidirectional:
         layer = keras.layers.Bidirectional(
-            rnn(scope.directions[0], scope.stacked[0], False, "_fw"),
-            backward_layer=rnn(scope.directions[1], scope.stacked[1], True, "_bw"),
+            rnn(scope.directions[0], False, "_fw"),
+            backward_layer=rnn(scope.directions[1], True, "_bw"),
             merge_mode="concat",
             name=name,
         )
         directions = lambda: (layer.forward_layer, layer.backward_layer)  # noqa: E731
     else:
-        layer = rnn(scope.directions[0], scope.stacked[0], False, "")
+        layer = rnn(scope.directions[0], False, "")
         directions = lambda: (layer,)  # noqa: E731
     # Bidirectional builds its own copies of the layers: the weights go in once it is built.
     layer(np.zeros((1, 1, scope.input_size), np.float32))
-    for cells, stacked, built in zip(scope.directions, scope.stacked, directions(), strict=True):
-        keras_cells = built.cell.cells if stacked else [built.cell]
+    for cells, built in zip(scope.directions, directions(), strict=True):
+        keras_cells = built.cell.cells if len(cells) > 1 else [built.cell]
         for cell, keras_cell in zip(cells, keras_cells, strict=True):
             tf1_cells.assign(keras_cell, tf1_cells.keras_weights(cell, variables, options))
     return layer
