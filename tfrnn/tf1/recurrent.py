@@ -106,14 +106,13 @@ def find_recurrent_scopes(variables: dict) -> list[RecurrentScope]:
             top = tops[call, direction]
             scopes.append(RecurrentScope(top, (_stack(top, layers),), (stacked[call, direction],)))
             continue
-        names = [name for name in ("fw", "bw") if name in directions]
-        ordered = tuple(_stack(call, directions[name]) for name in names)
+        ordered = tuple(_stack(call, directions[name]) for name in ("fw", "bw"))
         if len({cells[0].input_size for cells in ordered}) > 1:
             raise UsageError(
                 f"{call}: its forward and backward cells take inputs of different widths "
                 f"({', '.join(str(cells[0].input_size) for cells in ordered)})"
             )
-        scopes.append(RecurrentScope(call, ordered, tuple(stacked[call, name] for name in names)))
+        scopes.append(RecurrentScope(call, ordered, (stacked[call, "fw"], stacked[call, "bw"])))
     return scopes
 
 
