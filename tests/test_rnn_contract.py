@@ -53,13 +53,16 @@ def _sequence(seed=0):
     return np.random.default_rng(seed).normal(size=(BATCH, TIME, FEATURES)).astype("float32")
 
 
-def _pair(cell_name, **options):
+def _pair(cell_name, keras_unroll=None, **options):
     """tfrnn's RNN and keras.layers.RNN with ``options`` around two cells of one config, built
-    and given the same seeded random weights (biases too, so that none is zero)."""
+    and given the same seeded random weights (biases too, so that none is zero). Keras'
+    layer unrolls as ``keras_unroll`` says, by default as tfrnn's."""
     ours = RNN(CELLS[cell_name][0](), **options)
     ours(_sequence())
     rng = np.random.default_rng(1)
     ours.set_weights([rng.normal(scale=0.5, size=weight.shape) for weight in ours.get_weights()])
+    if keras_unroll is not None:
+        options["unroll"] = keras_unroll
     theirs = keras.layers.RNN(
         keras.layers.deserialize(keras.layers.serialize(ours.cell)), **options
     )
@@ -156,16 +159,43 @@ def test_go_backwards(cell_name, unroll):
 
 
 @pytest.mark.parametrize("unroll", [False, True])
-def test_gradients_of_a_stack_equal_keras(unroll):
+@pytest.mark.parametrize("cell_name", CELLS)
+def test_go_backwards_with_a_mask_gives_keras_while_loops_numbers(cell_name, unroll):
+    # Keras' own unrolled loop zeroes, with zero_output_for_mask, the outputs of the steps
+    # the unreversed mask skips (keras 3.15); its while loop and tfrnn's two loops zero the
+    # outputs of the steps they skip: the first ones, going backwards over right padding.
+    mask = _right_padded_mask()
+    for zero_output_for_mask in (False, True):
+        ours, theirs = _pair(
+            cell_name,
+            keras_unroll=False,
+            go_backwards=True,
+            zero_output_for_mask=zero_output_for_mask,
+            return_sequences=True,
+            return_state=True,
+            unroll=unroll,
+        )
+        got = ours(_sequence(9), mask=mask)
+        _assert_same(got, theirs(_sequence(9), mask=mask))
+        second_sequence = np.asarray(got[0])[1]  # 2 valid steps, the last two it runs
+        assert np.all(second_sequence[2:] != 0.0)
+        if zero_output_for_mask:
+            np.testing.assert_array_equal(second_sequence[:2], 0.0)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("unroll", [False, True])
+def test_gradients_of_a_stack_equal_keras(unroll, masked):
     # The unrolled loop passes the carried states' gradients through
     # gradient_computed_once, whose gradient is the identity's.
     ours, theirs = _pair("mixed_stack", return_sequences=True, return_state=True, unroll=unroll)
     inputs = tf.constant(_sequence(7))
+    mask = _right_padded_mask() if masked else None
 
     def gradients(layer):
         with tf.GradientTape() as tape:
             tape.watch(inputs)
-            outputs, *states = layer(inputs)
+            outputs, *states = layer(inputs, mask=mask)
             # Every output and final state enters the loss, each weighted differently.
             loss = sum(
                 tf.reduce_sum(tf.sin(tensor) * (index + 1))

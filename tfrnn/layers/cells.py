@@ -141,8 +141,8 @@ class RNN(keras.layers.RNN):
     def inner_loop(self, sequences, initial_state, mask, training=False):
         weights = [(weight, tf.convert_to_tensor(weight)) for weight in self.cell.trainable_weights]
         with keras.StatelessScope(state_mapping=weights):
-            if self.unroll and mask is None and not self.go_backwards:
-                return self._static_rnn(sequences, initial_state, training)
+            if self.unroll:
+                return self._static_rnn(sequences, initial_state, mask, training)
             return super().inner_loop(sequences, initial_state, mask, training=training)
 
     def reset_state(self):
@@ -154,18 +154,24 @@ class RNN(keras.layers.RNN):
         for state in keras.tree.flatten(self.states or []):
             state.assign(tf.zeros_like(state))
 
-    def _static_rnn(self, sequences, initial_state, training):
+    def _static_rnn(self, sequences, initial_state, mask, training):
         """The unrolled loop, TF1's ``static_rnn``: one cell call per time step in the graph.
 
-        Keras' own unrolled loop, but each step's incoming leaf states other than the
-        previous step's output pass through :func:`gradient_computed_once`, which changes no
-        number, and the states keep the nesting of ``initial_state`` from step to step, as
-        in Keras' while loop.
+        The arithmetic of Keras' while loop, step by step: a masked row keeps its states
+        and repeats its previous output (zeros with ``zero_output_for_mask``), the states
+        keep the nesting of ``initial_state``, and ``go_backwards`` runs the steps, and
+        returns their outputs, last to first. Keras' own unrolled loop differs (keras 3.15):
+        it fails on a cell that returns its states less nested than it takes them (a
+        one-cell ``StackedRNNCells``), and with ``go_backwards`` and ``zero_output_for_mask``
+        it zeroes the outputs at the unreversed mask's skipped steps. Each step's incoming
+        leaf states other than the previous step's output pass through
+        :func:`gradient_computed_once`, which changes no number.
 
         Args:
           sequences: (batch, time, features), time static.
           initial_state: the list of initial states, each a tensor (batch, state) or, for a
             cell of cells (``StackedRNNCells``), a nested list of them.
+          mask: (batch, time) booleans, False for the steps to skip; or None.
           training: passed to the cell.
 
         Returns:
@@ -173,23 +179,58 @@ class RNN(keras.layers.RNN):
           time, units) with ``return_sequences``, else (batch, 1, units); the final states,
           nested as ``initial_state``.
         """
-        states = initial_state
+        steps = tf.unstack(sequences, axis=1)
+        if mask is None:
+            step_masks = [None] * len(steps)
+        else:  # (batch, 1) per step, to broadcast over each output and state
+            step_masks = [
+                tf.reshape(kept, (-1, 1)) for kept in tf.unstack(tf.cast(mask, tf.bool), axis=1)
+            ]
+        if self.go_backwards:
+            steps.reverse()
+            step_masks.reverse()
         takes_training = "training" in inspect.signature(self.cell.call).parameters
         cell_kwargs = {"training": training} if takes_training else {}
-        outputs, output = [], None
-        for inputs in tf.unstack(sequences, axis=1):
+        states, outputs, output = initial_state, [], None
+        for inputs, kept in zip(steps, step_masks, strict=True):
             # A state that is the previous step's output gets its gradient through this
             # step's matmul, which XLA never fuses into its consumers; the others (an LSTM's
             # carry) only through elementwise ops.
-            output, new_states = self.cell(
+            new_output, new_states = self.cell(
                 inputs, tuple(_carried_states(states, output)), **cell_kwargs
             )
-            # As in Keras' while loop, the states keep the initial states' nesting: a
-            # one-cell StackedRNNCells returns its cell's states one level less nested.
+            if kept is not None:
+                previous_output = None if self.zero_output_for_mask else output
+                new_output, new_states = _rows_kept(
+                    kept, (new_output, new_states), (previous_output, states)
+                )
+            output = new_output
             states = keras.tree.pack_sequence_as(initial_state, keras.tree.flatten(new_states))
             outputs.append(output)
-        kept = outputs if self.return_sequences else outputs[-1:]
-        return outputs[-1], tf.stack(kept, axis=1), states
+        kept_outputs = outputs if self.return_sequences else outputs[-1:]
+        return outputs[-1], tf.stack(kept_outputs, axis=1), states
+
+
+def _rows_kept(kept, new, previous):
+    """The step's results in the rows ``kept`` (batch, 1) is True, the previous ones in the
+    others, as Keras' masked while loop does.
+
+    Args:
+      kept: (batch, 1) booleans.
+      new: the step's (output, states), its states nested as the cell returned them.
+      previous: (output, states) before the step; an output of None stands for zeros.
+
+    Returns:
+      (output, flat list of states).
+    """
+    (new_output, new_states), (previous_output, previous_states) = new, previous
+    if previous_output is None:
+        previous_output = tf.zeros_like(new_output)
+    states = zip(keras.tree.flatten(new_states), keras.tree.flatten(previous_states), strict=True)
+    return (
+        tf.where(kept, new_output, previous_output),
+        [tf.where(kept, new_state, previous_state) for new_state, previous_state in states],
+    )
 
 
 def _carried_states(states, output):
