@@ -259,6 +259,8 @@ def test_model_may_be_a_version_folder_and_a_workdir_gets_a_hint(exported, tmp_p
     )
     with pytest.raises(UsageError, match=f"^--model {tmp_path / 'none'} does not exist$"):
         predict.predict(str(tmp_path / "none"), [path])
+    with pytest.raises(UsageError, match=f"^--model {path} is a file, not a folder"):
+        predict.predict(str(path), [path])
 
 
 def test_the_first_line_names_the_version_that_answered(exported, tmp_path):

@@ -91,6 +91,8 @@ def version_dir(model_dir: str, version: int | None = None) -> str:
 
 def _no_versions_hint(model_dir: str) -> str:
     """Why ``model_dir`` holds no version folder, and where the export may be."""
+    if os.path.isfile(model_dir):
+        return f"--model {model_dir} is a file, not a folder: name the export's folder"
     if not os.path.isdir(model_dir):
         return f"--model {model_dir} does not exist"
     workdir_export = os.path.join(model_dir, "export")
