@@ -1,15 +1,19 @@
 # Every target sets up what it needs: a .venv made here, installed once, reused after
-# (re-installed when a requirements file changes).
+# (re-installed when a requirements file or the package's build files change). tfrnn itself
+# is installed into it in editable mode, so `import tfrnn` works from any folder and
+# `.venv/bin/python -m tfrnn.…` runs the checkout's code; and a tfrnn model loads with Keras
+# alone (setup.py, tfrnn/saving.py).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
 .PHONY: test lint echo-deps echo-styles record-echo mnist bench tutorials
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --quiet --no-deps -e .
 	touch $@
 
 lint: $(VENV)/.installed
