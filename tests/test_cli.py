@@ -1,12 +1,16 @@
-"""Tests of tfrnn.cli: one-line errors, a quiet start-up in commands only, and --help."""
+"""Tests of tfrnn.cli: one-line errors, a quiet start-up in commands only, --help, and
+Ctrl-C."""
 
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
+from absl import flags
 
+from tfrnn import cli
 from tfrnn.cli import run
 from tfrnn.errors import UsageError
 
@@ -82,19 +86,140 @@ def test_importing_the_library_changes_neither_the_log_level_nor_stderr():
     assert result.stderr != ""
 
 
-@pytest.mark.parametrize("module", ["tfrnn.experiments.mnist", "tfrnn.experiments.echo_deps"])
-def test_help_of_each_experiment_lists_the_strategy_flags(module):
-    # absl's --help exits with status 1 after printing the main module's key flags.
+@pytest.mark.parametrize(
+    "command, flag",
+    [
+        ("tfrnn.experiments.mnist", "--strategy:"),
+        ("tfrnn.export", "--export_dir:"),
+    ],
+)
+def test_help_exits_0_with_what_the_command_does_examples_and_its_flags(command, flag):
     result = subprocess.run(
-        [sys.executable, "-m", module, "--help"],
+        [sys.executable, "-m", command, "--help"],
         capture_output=True,
         text=True,
         cwd=REPO,
         timeout=120,
     )
-    flag_lines = [line.strip() for line in result.stdout.splitlines()]
-    for flag in ("--strategy:", "--cpu_replicas:"):
-        assert any(line.startswith(flag) for line in flag_lines), flag
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] and not lines[0].startswith(" ")  # the description, first
+    # Examples a user can paste: the interpreter as typed here (.venv/bin/python after make).
+    python = os.path.relpath(sys.executable, REPO)
+    python = sys.executable if python.startswith("..") else python
+    assert f"  {python} -m {command} --" in result.stdout
+    assert any(line.strip().startswith(flag) for line in lines[lines.index("flags:") :])
+    for markup in ("``", ":mod:", ":class:", ":func:"):  # a developer's docstring is not help
+        assert markup not in result.stdout
+
+
+def test_helpfull_adds_absl_basics_but_not_the_flags_tensorflow_and_absltest_define(
+    echo_command,
+):
+    assert "test_tmpdir" in flags.FLAGS and "tt_check_filter" in flags.FLAGS  # both defined
+    short = cli.help_text(echo_command)
+    full = cli.help_text(echo_command, full=True)
+    assert "\nexamples:\n" in short and "``" not in short and "--cpu_replicas:" in short
+    assert full.startswith(short.split("\nflags:")[0])
+    assert "--verbosity" in full and "--verbosity" not in short
+    for module in ("absl.logging:", "absl.app:"):
+        assert module in full
+    for name in ("--test_tmpdir", "--tt_check_filter", "--hbm_oom_exit", "absltest", "tensorflow."):
+        assert name not in full
+    assert full.count("--strategy:") == 1  # an adopted module's flags are not listed twice
+
+
+def test_the_help_of_a_module_without_usage_is_its_docstrings_first_paragraph_plain():
+    module = types.ModuleType("tfrnn.some_command")
+    module.__doc__ = "Reads ``model.keras``, see :mod:`tfrnn.serving` ({braces}).\n\nMore."
+    assert cli.help_text(module).splitlines()[0] == (
+        "Reads model.keras, see tfrnn.serving ({braces})."
+    )
+
+
+def test_required_flags_left_out_are_one_sentence():
+    values = flags.FlagValues()
+    flags.DEFINE_string("workdir", None, "training workdir", flag_values=values)
+    flags.DEFINE_string("export_dir", None, "base folder", flag_values=values)
+    flags.mark_flags_as_required(["workdir"], flag_values=values)
+    with pytest.raises(flags.Error) as error:
+        values(["prog"])
+    assert cli.required_flags_message(error.value, values) == (
+        "--workdir is required: training workdir"
+    )
+    flags.mark_flags_as_required(["export_dir"], flag_values=values)
+    with pytest.raises(flags.Error) as error:
+        values(["prog"])
+    assert cli.required_flags_message(error.value, values) == (
+        "--workdir and --export_dir are required (--help describes them)"
+    )
+    assert cli.required_flags_message(flags.Error("Unknown flag"), values) is None
+
+
+def test_a_command_of_flags_only_refuses_arguments():
+    cli.refuse_arguments(["prog"])
+    with pytest.raises(UsageError, match=r"^unexpected arguments: extra more \(the command"):
+        cli.refuse_arguments(["prog", "extra", "more"])
+
+
+def _sigint_script(patch: str) -> str:
+    """The MNIST command, with ``patch`` (Python source; os and signal imported) run first."""
+    return (
+        "import os, runpy, signal, sys\n"
+        f"{patch}\n"
+        "sys.argv = ['mnist'] + sys.argv[1:]\n"
+        "runpy.run_module('tfrnn.experiments.mnist', run_name='__main__')\n"
+    )
+
+
+def _interrupted(script, *args):
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+        timeout=240,
+    )
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert result.stderr.splitlines() == [
+        "interrupted by Ctrl-C (SIGINT); run the same command again"
+    ]
+    return result
+
+
+def test_ctrl_c_while_a_command_starts_is_one_line_and_exit_130(tmp_path):
+    # SIGINT once the flags are read, while the strategy is made: nothing is written yet.
+    patch = (
+        "from tfrnn import cli\n"
+        "cli.quiet_tensorflow()\n"  # as the command does, before distribute imports TensorFlow
+        "from tfrnn.engine import distribute\n"
+        "make = distribute.make_strategy\n"
+        "def interrupted(*args):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return make(*args)\n"
+        "distribute.make_strategy = interrupted"
+    )
+    _interrupted(_sigint_script(patch), f"--workdir={tmp_path / 'run'}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_while_the_model_is_saved_leaves_no_half_written_model_or_export(data_dir, tmp_path):
+    # SIGINT after the first entry of model.keras's zip is written: the save stops halfway.
+    patch = (
+        "import zipfile\n"
+        "write = zipfile.ZipFile.writestr\n"
+        "def interrupted(self, *args, **kwargs):\n"
+        "    write(self, *args, **kwargs)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "zipfile.ZipFile.writestr = interrupted"
+    )
+    workdir = tmp_path / "run"
+    args = ["--units=8", "--batch_size=32", "--epochs=1", "--jit_compile=false"]
+    _interrupted(_sigint_script(patch), *args, f"--data_dir={data_dir}", f"--workdir={workdir}")
+    assert (workdir / "checkpoints").is_dir()  # trained to its end, then stopped saving
+    assert not (workdir / "model.keras").exists()
+    assert [path.name for path in workdir.iterdir() if path.name.startswith(".")] == []
+    assert not (workdir / "export").exists() or not any((workdir / "export").iterdir())
 
 
 @pytest.mark.parametrize(

@@ -144,3 +144,43 @@ def test_controller_stops_at_a_nan_loss_keeping_the_last_good_checkpoint(tmp_pat
     assert resumed.restore() == 4
     resumed.train()
     assert steps.epochs_started == [(1, 0)]
+
+
+def test_the_config_guard_names_three_differences_at_most_each_value_cut_short(tmp_path):
+    def config(digit):
+        return {
+            "task": "t",
+            "data_fingerprint": {f"f{i}": {"sha256": digit * 64} for i in range(4)},
+        }
+
+    checkpoints.check_same_config(str(tmp_path), config("a"), write=True)
+    with pytest.raises(UsageError) as error:
+        checkpoints.check_same_config(str(tmp_path), config("b"), write=True)
+    a, b = "'" + "a" * 15 + "…", "'" + "b" * 15 + "…"
+    assert str(error.value) == (
+        f"{tmp_path} holds a run with another configuration (data_fingerprint.f0.sha256: {a} ->"
+        f" {b}, data_fingerprint.f1.sha256: {a} -> {b}, data_fingerprint.f2.sha256: {a} -> {b}"
+        " and 1 more); resume with the same flags, or pass another --workdir"
+    )
+
+
+class RunsOfWindows(CountingSteps):
+    """Steps of 100 progress units each, as echo's runs of 100 windows."""
+
+    step_name = "run of 100 windows"
+    progress_scale = 100
+
+
+def test_the_resume_line_says_what_a_step_is_where_it_is_not_one_unit(tmp_path, capsys):
+    schedule = loop.Schedule(steps_per_epoch=4, total_steps=8, checkpoint_every=3, steps_per_call=2)
+    for steps, unit in (
+        (CountingSteps(), ""),
+        (RunsOfWindows(), "; a step is a run of 100 windows"),
+    ):
+        workdir = tmp_path / steps.step_name
+        loop.Controller(steps, schedule, str(workdir), chief=True, verbose=False).train()
+        resumed = loop.Controller(steps, schedule, str(workdir), chief=True, verbose=True)
+        resumed.restore()
+        assert capsys.readouterr().out == (
+            f"resuming from {workdir}/checkpoints/ckpt-8 (step 8, 2 epochs done{unit})\n"
+        )

@@ -112,8 +112,14 @@ def _replace(folder, name, content: bytes):
 
 
 def test_missing_folder_and_missing_file(tmp_path):
-    with pytest.raises(UsageError, match="no such folder"):
+    with pytest.raises(UsageError, match=r"^--data_dir .*nowhere does not exist$"):
         mnist_data.load(data_dir=str(tmp_path / "nowhere"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsageError, match=r"^--data_dir .*file is a file, not a folder$"):
+        mnist_data.load(data_dir=str(tmp_path / "file"))
+    (tmp_path / "empty").mkdir()  # every missing file named, not only the first
+    with pytest.raises(UsageError, match=r"missing train-images-idx3-ubyte\.gz, .*, t10k-"):
+        mnist_data.load(data_dir=str(tmp_path / "empty"))
     mnist_data.write_synthetic_idx(tmp_path, 40, 12, compress=True)
     os.remove(tmp_path / "t10k-labels-idx1-ubyte.gz")
     with pytest.raises(UsageError, match=r"missing t10k-labels-idx1-ubyte\.gz"):
@@ -220,7 +226,7 @@ def test_unknown_dataset_is_one_line_error_with_or_without_data_dir(offline, tmp
         mnist_data.load("nosuchset", data_dir=str(tmp_path))
     assert str(error.value) == (
         "--dataset must name the set in --data_dir's IDX files, one of mnist, fashion_mnist, "
-        "kmnist; got 'nosuchset'"
+        "kmnist, got 'nosuchset'"
     )
     assert mnist_data.load("fashion_mnist", data_dir=str(tmp_path)).train.num_examples == 40
 

@@ -1,19 +1,31 @@
-"""What every tfrnn command-line entry point shares: a quiet start-up and one-line errors.
+"""What every tfrnn command-line entry point shares: a quiet start-up, its help, one-line
+errors and a one-line Ctrl-C.
 
 An entry point (``python -m tfrnn.…``) calls :func:`launch` with the module that holds its
-flags and ``main``. On a machine without CUDA, TensorFlow prints several lines about missing
-drivers and cuInit while it is imported, which would bury the program's own output, so
-:func:`quiet_tensorflow` imports it first with those lines silenced, and only then is the
-command's module (and TensorFlow with it) loaded. Importing this module changes nothing.
+flags, ``main`` and ``USAGE`` (what ``--help`` says, for a user). On a machine without CUDA,
+TensorFlow prints several lines about missing drivers and cuInit while it is imported, which
+would bury the program's own output, so :func:`quiet_tensorflow` imports it first with those
+lines silenced, and only then is the command's module (and TensorFlow with it) loaded.
+Importing this module changes nothing.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 
 from tfrnn.errors import UsageError
+
+# What a shell reports for a process that SIGINT (Ctrl-C) ended: 128 + 2.
+INTERRUPTED_STATUS = 130
+# absl's help flags: --help and its aliases, and --helpfull.
+HELP_FLAGS = ("-h", "-?", "-help", "--help", "--helpshort")
+FULL_HELP_FLAGS = ("-helpfull", "--helpfull")
+# The modules whose flags --helpfull lists beside tfrnn's: absl's logging and app basics,
+# not the test, TPU and tracing flags that importing TensorFlow defines.
+ABSL_BASICS = ("absl.logging", "absl.app")
 
 
 def quiet_tensorflow() -> None:
@@ -52,16 +64,45 @@ def run(main, argv=None) -> None:
     app.run(guarded, argv=argv, flags_parser=_parse_flags)
 
 
+def refuse_arguments(argv) -> None:
+    """For a command that takes flags only: UsageError if ``argv`` holds anything after the
+    program's name (absl leaves there what is not a flag)."""
+    if len(argv) > 1:
+        raise UsageError(
+            f"unexpected arguments: {' '.join(argv[1:])} (the command takes flags only; "
+            "--help lists them)"
+        )
+
+
+def python_command() -> str:
+    """This Python as the user types it from the current folder: ``.venv/bin/python`` in the
+    checkout after ``make``, else its full path (for the examples in ``--help``)."""
+    relative = os.path.relpath(sys.executable)
+    return sys.executable if relative.startswith("..") else relative
+
+
 def _parse_flags(argv):
     from absl import flags
 
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:  # absl's own report is two lines and exit 1
-        _exit_with(error)
+        _exit_with(required_flags_message(error, flags.FLAGS) or error)
 
 
-def _exit_with(error: Exception):
+def required_flags_message(error: Exception, flag_values) -> str | None:
+    """absl's report of required flags of ``flag_values`` left out (a line per flag), as one
+    sentence; None for any other error."""
+    names = re.findall(r"Flag --(\w+) must have a value other than None", str(error))
+    if not names:
+        return None
+    if len(names) == 1:
+        return f"--{names[0]} is required: {flag_values[names[0]].help}"
+    listed = " and ".join(f"--{name}" for name in names)
+    return f"{listed} are required (--help describes them)"
+
+
+def _exit_with(error) -> None:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
 
@@ -84,27 +125,92 @@ def _configure_runtime(argv) -> None:
     if not defined:
         return
     try:
-        flags.FLAGS(list(sys.argv if argv is None else argv), known_only=True)
+        flags.FLAGS(list(argv), known_only=True)
         for name, apply in defined.items():
             apply(flags.FLAGS[name].value)
     except (flags.Error, UsageError) as error:
         _exit_with(error)
 
 
-def launch(module_name: str, argv=None) -> None:
-    """The whole of an entry point: quiets TensorFlow, then imports ``module_name``, defines
-    its flags (its ``define_flags()``, if it has one), applies its start-up flags
-    (:func:`_configure_runtime`), and runs its ``main(argv)``."""
+def _help_asked(argv) -> str | None:
+    """``"short"`` for ``--help`` (or an alias), ``"full"`` for ``--helpfull``, else None;
+    arguments after ``--`` are not flags."""
+    arguments = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
+    if any(argument in FULL_HELP_FLAGS for argument in arguments):
+        return "full"
+    if any(argument in HELP_FLAGS for argument in arguments):
+        return "short"
+    return None
+
+
+def help_text(module, *, full: bool = False) -> str:
+    """What ``--help`` prints: the module's ``USAGE`` (its ``{command}`` filled in with how to
+    run it from here) and its flags; ``full``: also the flags of tfrnn's other modules the
+    command uses, and absl's logging and app flags (:data:`ABSL_BASICS`)."""
+    from absl import app, flags
+
+    app.define_help_flags()  # absl.app's flags, so that --helpfull can list them
+    command = f"{python_command()} -m {_entry_point(module)}"
+    lines = [_usage(module).format(command=command).rstrip(), "", "flags:"]
+    lines += _flag_lines(module.__name__)
+    if full:
+        modules = flags.FLAGS.flags_by_module_dict()
+        shown = set(flags.FLAGS.get_key_flags_for_module(module.__name__))
+        others = sorted(name for name in modules if name.startswith("tfrnn."))
+        for name in [*others, *ABSL_BASICS]:
+            if not set(modules.get(name, ())) <= shown:  # a module's flags not listed yet
+                lines += ["", f"{name}:", *_flag_lines(name)]
+    else:
+        lines += ["", "--helpfull lists every flag, absl's logging flags too."]
+    return "\n".join(lines) + "\n"
+
+
+def _flag_lines(module_name: str) -> list[str]:
+    """absl's description of the module's key flags, without its heading."""
     from absl import flags
 
-    quiet_tensorflow()
-    module = importlib.import_module(module_name)
-    if hasattr(module, "define_flags"):
-        module.define_flags()
-    _configure_runtime(argv)
-    # --help prints the docstring of __main__ and the key flags of the program's file
-    # (sys.argv[0]), here the thin entry point: give it those of the module behind it.
-    sys.modules["__main__"].__doc__ = module.__doc__
-    for flag in flags.FLAGS.get_key_flags_for_module(module):
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    run(module.main, argv)
+    return flags.FLAGS.module_help(module_name).splitlines()[2:]
+
+
+def _usage(module) -> str:
+    """The module's ``USAGE``; without one, its docstring's first paragraph, with the Sphinx
+    markup of a developer's docstring (````x````, ``:mod:`x```) taken out."""
+    usage = getattr(module, "USAGE", None)
+    if usage:
+        return usage
+    summary = (module.__doc__ or "").strip().split("\n\n")[0]
+    summary = re.sub(r":\w+:`~?([^`]+)`", r"\1", summary).replace("``", "")
+    return summary.replace("{", "{{").replace("}", "}}")
+
+
+def _entry_point(module) -> str:
+    """The module ``python -m`` ran (``tfrnn.export``), else the one behind it."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec.name if spec is not None else module.__name__
+
+
+def launch(module_name: str, argv=None) -> None:
+    """The whole of an entry point: quiets TensorFlow, then imports ``module_name``, defines
+    its flags (its ``define_flags()``, if it has one), answers ``--help`` (exit 0), applies
+    its start-up flags (:func:`_configure_runtime`), and runs its ``main(argv)``.
+
+    Ctrl-C at any moment outside training (which stops at a checkpoint, see
+    :mod:`tfrnn.engine.loop`) ends the command with one line and exit 130: whatever it was
+    writing is written whole or not at all (every file is written under a temporary name and
+    renamed), so the same command can simply be run again.
+    """
+    try:
+        argv = list(sys.argv if argv is None else argv)
+        quiet_tensorflow()
+        module = importlib.import_module(module_name)
+        if hasattr(module, "define_flags"):
+            module.define_flags()
+        asked = _help_asked(argv)
+        if asked:
+            print(help_text(module, full=asked == "full"), end="")
+            sys.exit(0)
+        _configure_runtime(argv)
+        run(module.main, argv)
+    except KeyboardInterrupt:
+        print("interrupted by Ctrl-C (SIGINT); run the same command again", file=sys.stderr)
+        sys.exit(INTERRUPTED_STATUS)

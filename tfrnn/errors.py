@@ -1,6 +1,8 @@
 """The errors a user can fix, which every entry point reports in one line (``tfrnn.cli``),
 and the few words that say why an operation failed."""
 
+import os
+
 
 class UsageError(Exception):
     """A problem the user can fix (bad flag, missing or corrupt file, NaN loss).
@@ -20,3 +22,13 @@ def failure_reason(error: Exception) -> str:
     if not lines:
         return type(error).__name__
     return lines[0].rsplit("; ", 1)[-1].split(" [Op:")[0]
+
+
+def check_folder(path: str, flag: str) -> None:
+    """A one-line UsageError unless ``path``, given as ``flag``, is a folder: "``flag`` PATH
+    does not exist", or "``flag`` PATH is a file, not a folder"."""
+    if os.path.isdir(path):
+        return
+    if os.path.exists(path):
+        raise UsageError(f"{flag} {path} is a file, not a folder")
+    raise UsageError(f"{flag} {path} does not exist")

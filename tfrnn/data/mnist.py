@@ -32,7 +32,7 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
-from tfrnn.errors import UsageError
+from tfrnn.errors import UsageError, check_folder
 
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
@@ -154,18 +154,30 @@ def idx_digest(array: np.ndarray) -> dict:
     return {"bytes": len(header) + array.nbytes, "sha256": digest.hexdigest()}
 
 
-def _find_idx_file(data_dir: str, name: str) -> str:
+def _find_idx_file(data_dir: str, name: str) -> str | None:
+    """The path of IDX file ``name`` in ``data_dir``, gzipped or not; None if neither."""
     for candidate in (name, name + ".gz"):
         path = os.path.join(data_dir, candidate)
         if os.path.isfile(path):
             return path
-    raise UsageError(f"{data_dir}: missing {name}.gz (or {name})")
+    return None
+
+
+def _check_idx_files(data_dir: str, names) -> None:
+    """A one-line UsageError naming every IDX file of ``names`` that ``data_dir`` lacks."""
+    missing = [f"{name}.gz" for name in names if _find_idx_file(data_dir, name) is None]
+    if missing:
+        raise UsageError(
+            f"{data_dir}: missing {', '.join(missing)} (or the same without .gz; "
+            "expected the four MNIST IDX files)"
+        )
 
 
 def read_idx_split(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """Images (n, 28, 28) uint8 and labels (n,) int32 of ``split`` ("train" or "test"), and
     the two files' :func:`idx_digest` by name (without ".gz")."""
     images_name, labels_name = IDX_FILES[split]
+    _check_idx_files(data_dir, IDX_FILES[split])
     images_path = _find_idx_file(data_dir, images_name)
     labels_path = _find_idx_file(data_dir, labels_name)
     images = read_idx(images_path, IMAGES_MAGIC)
@@ -279,10 +291,10 @@ def load(dataset: str = "mnist", data_dir: str | None = None, validation_size: i
         if dataset not in IDX_DATASETS:
             raise UsageError(
                 f"--dataset must name the set in --data_dir's IDX files, one of "
-                f"{', '.join(IDX_DATASETS)}; got {dataset!r}"
+                f"{', '.join(IDX_DATASETS)}, got {dataset!r}"
             )
-        if not os.path.isdir(data_dir):
-            raise UsageError(f"{data_dir}: no such folder (expected the four MNIST IDX files)")
+        check_folder(data_dir, "--data_dir")
+        _check_idx_files(data_dir, [name for names in IDX_FILES.values() for name in names])
         splits, fingerprint = {}, {}
         for split in IDX_FILES:
             images, labels, digests = read_idx_split(data_dir, split)

@@ -162,6 +162,13 @@ def _differences(saved: dict, config: dict, prefix: str = ""):
             yield prefix + key, old, new
 
 
+def _short(value) -> str:
+    """A config value for a one-line message: its repr, cut after 16 characters (a sha256
+    is told apart by its first dozen digits)."""
+    text = repr(value)
+    return text if len(text) <= 24 else text[:16] + "…"
+
+
 def check_same_config(workdir: str, config: dict, *, write: bool) -> None:
     """Refuses a ``workdir`` whose config.json holds another run; records ``config`` there.
 
@@ -174,7 +181,11 @@ def check_same_config(workdir: str, config: dict, *, write: bool) -> None:
             saved = json.load(handle)
         changed = [item for item in _differences(saved, config) if item[0] not in LOCATION_KEYS]
         if changed:
-            details = ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changed)
+            details = ", ".join(
+                f"{key}: {_short(old)} -> {_short(new)}" for key, old, new in changed[:3]
+            )
+            if len(changed) > 3:
+                details += f" and {len(changed) - 3} more"
             raise UsageError(
                 f"{workdir} holds a run with another configuration ({details}); "
                 "resume with the same flags, or pass another --workdir"

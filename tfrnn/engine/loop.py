@@ -206,9 +206,13 @@ class Controller:
         if latest:
             self.log.restored()
             if self.verbose:
+                # A step of more than one progress unit (echo: a run of 100 windows) is named.
+                unit = (
+                    f"; a step is a {self.steps.step_name}" if self.steps.progress_scale > 1 else ""
+                )
                 print(
                     f"resuming from {latest} (step {self.step}, "
-                    f"{int(self.epochs_done)} epochs done)",
+                    f"{int(self.epochs_done)} epochs done{unit})",
                     flush=True,
                 )
         return self.step

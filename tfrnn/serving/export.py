@@ -40,12 +40,27 @@ import numpy as np
 import tensorflow as tf
 from absl import flags, logging
 
-from tfrnn.errors import UsageError, failure_reason
+from tfrnn import cli
+from tfrnn.errors import UsageError, check_folder, failure_reason
 from tfrnn.serving import rest, tf_serving
 from tfrnn.serving.spec import ServingSpec, custom_objects, serving_tasks, spec_for
 
 # Outputs of the export and of the Keras model must agree this closely.
 SELF_CHECK_TOLERANCE = 1e-5
+
+# What --help says ({command}: how to run it from the current folder, tfrnn.cli.help_text).
+USAGE = """\
+Turns a training workdir (its model.keras) into a new version of a SavedModel that
+TensorFlow Serving loads, after checking that it answers as the Keras model does.
+
+examples:
+  {command} --workdir runs/mnist --export_dir models/mnist
+  {command} --workdir runs/echo_deps/concat_steps5_state4_stateful --export_dir models/echo
+
+Each export is a new version folder, models/mnist/1, 2, ..., never overwritten, and beside
+it 1.json (its signatures and curl commands) and a ready request body per signature. Serve
+the folder under the task's name: MODEL_NAME=mnist or echo.
+"""
 
 
 def load_workdir(workdir: str) -> tuple[ServingSpec, keras.Model, dict]:
@@ -55,10 +70,9 @@ def load_workdir(workdir: str) -> tuple[ServingSpec, keras.Model, dict]:
     to be the task's model) and the config ``metrics.json`` holds (``{}`` without one).
     """
     model_path = os.path.join(workdir, "model.keras")
-    if not os.path.isdir(workdir):
-        raise UsageError(f"--workdir {workdir} does not exist")
+    check_folder(workdir, "--workdir")
     if not os.path.isfile(model_path):
-        raise UsageError(f"{model_path} does not exist: train the model first")
+        raise UsageError(_without_model(workdir))
     spec = spec_for(recorded_task(workdir))
     try:
         model = keras.saving.load_model(
@@ -76,6 +90,26 @@ def load_workdir(workdir: str) -> tuple[ServingSpec, keras.Model, dict]:
         except (ValueError, AttributeError) as error:
             raise UsageError(f"{metrics_path} is not a metrics file: {error}") from error
     return spec, model, config
+
+
+def _without_model(workdir: str) -> str:
+    """Why ``workdir`` has no model.keras, and what to export or run instead."""
+    runs = sorted(
+        os.path.join(workdir, name)
+        for name in os.listdir(workdir)
+        if os.path.isfile(os.path.join(workdir, name, "model.keras"))
+    )
+    if runs:
+        return f"{workdir} is a suite's folder, not a run's: export one of its runs, " + ", ".join(
+            runs
+        )
+    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    if latest:
+        return (
+            f"{workdir} holds a run stopped before its end (last checkpoint {latest}): run the"
+            " same training command again, which finishes it and writes model.keras"
+        )
+    return f"{os.path.join(workdir, 'model.keras')} does not exist: train the model first"
 
 
 def recorded_task(workdir: str) -> str:
@@ -238,7 +272,7 @@ def _describe_version(spec, config, workdir, export_dir, version, described, exa
 
 def main(argv, flag_values=None):
     """The command: export, then print the signatures, how to serve it and curl commands."""
-    del argv  # flags only
+    cli.refuse_arguments(argv)
     values = flags.FLAGS if flag_values is None else flag_values
     # TensorFlow's SavedModel writer logs every asset and shard at INFO.
     logging.set_verbosity(logging.WARNING)

@@ -1,10 +1,4 @@
-"""Echo dependencies (r2rt, "RNNs in TensorFlow I") and the styles of truncated BPTT.
-
-    python -m tfrnn.experiments.echo_deps                      # one run, the tutorial's (5, 4)
-    python -m tfrnn.experiments.echo_deps --num_steps 10 --state_size 16 --epochs 10
-    python -m tfrnn.experiments.echo_deps --suite canonical    # make echo-deps
-    python -m tfrnn.experiments.echo_deps --suite styles       # make echo-styles
-    python -m tfrnn.experiments.echo_deps --strategy mirrored  # streams split over the GPUs
+"""The echo command, ``python -m tfrnn.experiments.echo_deps``: its flags, help and ``main``.
 
 Each kind of run has its own folder under runs/echo_deps/, so that no default run overwrites
 another's results: a single run writes metrics.json, curve.png and model.keras to --workdir
@@ -18,6 +12,7 @@ import os
 
 from absl import flags, logging
 
+from tfrnn import cli
 from tfrnn.engine import compile_cache, distribute, threads
 from tfrnn.engine import workdir as workdir_lib
 from tfrnn.errors import UsageError
@@ -27,6 +22,22 @@ from tfrnn.tasks.echo.config import BOUNDS, EchoConfig
 
 SUITES = ("none", "canonical", "styles")
 ROOT = os.path.join("runs", "echo_deps")
+
+# What --help says ({command}: how to run it from the current folder, tfrnn.cli.help_text).
+USAGE = """\
+Trains the echo-dependency task of r2rt's "RNNs in TensorFlow I": a recurrent network learns
+a random binary series whose odds depend on the inputs 3 and 8 steps back, with truncated
+backpropagation through time over windows of --num_steps steps. One run, or a suite of runs
+with a table and plots, writes its results to --workdir; stopped at any point, the same
+command resumes.
+
+examples:
+  {command}  # one run, the tutorial's (5, 4)
+  {command} --num_steps 10 --state_size 16 --epochs 10
+  {command} --suite canonical  # make echo-deps: (5, 4) and (10, 16)
+  {command} --suite styles  # make echo-styles: TF-style n, 2n, true n
+  {command} --strategy mirrored  # streams split over the local GPUs
+"""
 
 
 def _bounded(name):
@@ -106,8 +117,7 @@ def main(argv):
     if not FLAGS["verbosity"].present:
         # TensorFlow logs every checkpoint at INFO; --verbosity=0 shows them again.
         logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.refuse_arguments(argv)
     if FLAGS.suite not in SUITES:
         raise UsageError(f"--suite must be one of {', '.join(SUITES)}, got {FLAGS.suite!r}")
     config = EchoConfig(
@@ -124,13 +134,14 @@ def main(argv):
         for name in ("num_steps", "state_size"):
             if FLAGS[name].present:
                 raise UsageError(f"--{name} is set by --suite {FLAGS.suite}; leave it out")
-    if FLAGS.epochs is not None:
-        config = echo_config.check_config(config)  # --epochs 0 is an error, not "default"
+    # Every setting checked before anything is written (--epochs 0 is an error, not "default").
+    config = echo_config.check_config(config)
     # Before anything starts TensorFlow's devices: --cpu_replicas splits the CPU.
     strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.cpu_replicas)
     workdir = FLAGS.workdir or os.path.join(
         ROOT, config.name if FLAGS.suite == "none" else FLAGS.suite
     )
+    workdir_lib.prepare(workdir)  # a bad --workdir is refused before any training
     with distribute.lost_workers_as_usage_errors():
         if FLAGS.suite == "canonical":
             echo_train.run_canonical(
@@ -147,7 +158,7 @@ def main(argv):
             )
         else:
             echo_train.train_and_evaluate(
-                echo_config.check_config(config),
+                config,
                 workdir,
                 strategy=strategy,
                 checkpoint_every=FLAGS.checkpoint_every,

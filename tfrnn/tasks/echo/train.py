@@ -125,7 +125,7 @@ def run_metrics(config: EchoConfig, records: dict) -> dict:
 
 
 def _write_results(model, config: EchoConfig, metrics: dict, workdir: str, verbose) -> None:
-    stateless_copy(model).save(os.path.join(workdir, "model.keras"))
+    workdir_lib.save_model(stateless_copy(model), workdir)
     plot_curves({config.name: metrics}, os.path.join(workdir, "curve.png"), title=config.name)
     if verbose:
         print(

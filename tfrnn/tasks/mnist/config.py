@@ -143,7 +143,7 @@ def config_for(preset: str | None = None, **overrides) -> Config:
     else:
         key = preset.upper()
         if key not in PRESETS:
-            raise UsageError(f"--preset must be one of {', '.join(PRESETS)}; got {preset!r}")
+            raise UsageError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
         base = PRESETS[key]
     given = {name: value for name, value in overrides.items() if value is not None}
     if "epochs" in given and given.get("train_steps"):
@@ -178,7 +178,7 @@ def validate(config: Config) -> None:
 
     check(
         config.cell in TUTORIAL_CELL_KINDS,
-        f"--cell must be one of {', '.join(TUTORIAL_CELL_KINDS)}",
+        f"--cell must be one of {', '.join(TUTORIAL_CELL_KINDS)}, got {config.cell!r}",
     )
     for name, (low, high) in BOUNDS.items():
         value = getattr(config, name)
@@ -196,4 +196,4 @@ def validate(config: Config) -> None:
         ("classifier_reads", CLASSIFIER_READS),
     ):
         value = getattr(config, name)
-        check(value in allowed, f"--{name} must be one of {', '.join(allowed)}; got {value!r}")
+        check(value in allowed, f"--{name} must be one of {', '.join(allowed)}, got {value!r}")

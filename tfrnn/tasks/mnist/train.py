@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 
@@ -13,6 +12,7 @@ from tfrnn.data import mnist as mnist_data
 from tfrnn.engine import distribute, training
 from tfrnn.engine import workdir as workdir_lib
 from tfrnn.engine.loop import seed_and_make_deterministic
+from tfrnn.engine.reporting import write_json_atomically
 from tfrnn.errors import UsageError
 from tfrnn.serving import export
 from tfrnn.tasks.mnist.config import Config, validate
@@ -103,8 +103,9 @@ def make_task(config: Config, data: mnist_data.MnistData) -> training.Task:
 
 
 def _save_export_and_evaluate(model, data, workdir: str, verbose: bool) -> None:
-    """Writes model.keras, export/1/ and final.json (the final test accuracies)."""
-    model.save(os.path.join(workdir, "model.keras"))
+    """Writes model.keras, export/1/ and final.json (the final test accuracies), each whole
+    or not at all: the same command after an interruption writes them again."""
+    workdir_lib.save_model(model, workdir)
     export_dir = os.path.join(workdir, "export")
     # The workdir's export mirrors its model.keras: a re-run replaces it rather than adding
     # versions (exports meant for a server go to their own folder: python -m tfrnn.export).
@@ -115,8 +116,7 @@ def _save_export_and_evaluate(model, data, workdir: str, verbose: bool) -> None:
         "test_accuracy_first_128": accuracy(model, mnist_data.test_batches(data.test, 128, 128)),
         "test_images": data.test.num_examples,
     }
-    with open(os.path.join(workdir, "final.json"), "w") as handle:
-        json.dump(final, handle, indent=2)
+    write_json_atomically(os.path.join(workdir, "final.json"), final)
     if verbose:
         print(
             f"final test accuracy {100 * final['test_accuracy']:.2f}% on "
