@@ -5,19 +5,57 @@ The distribution tests mirror over ``/cpu:0`` and ``/cpu:1``, and TensorFlow acc
 device split only before it initialises its devices, which happens once per process; so it
 is done here, at import, before any test runs. Ops that name no device still run on
 ``/cpu:0``, so the other tests see no difference.
+
+TensorFlow's start-up lines (oneDNN, no CUDA drivers, ``failed call to cuInit``), written
+while it is imported and counts its devices here, would otherwise be held by pytest's
+capture of what no test wrote and printed after the summary, where an ``E0000 … cuInit``
+reads like a failure; they are dropped, and any other line of the import is kept.
 """
 
+import contextlib
 import os
+import re
+import sys
+import tempfile
 
 import pytest
-import tensorflow as tf
 from absl import flags
 
-from tfrnn.data import mnist as mnist_data
-from tfrnn.engine import distribute
+# TensorFlow's lines when it starts on a machine without CUDA: INFO and WARNING lines of its
+# C++ log, the CPU-instructions note, and the two CUDA errors that only say there is no GPU.
+START_UP_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called|[IW]\d{4} |"
+    r"To enable the following instructions:|"
+    r"E\d{4} .*(failed call to cuInit|Unable to register cu\w+ factory))"
+)
+
+
+@contextlib.contextmanager
+def tensorflow_start_up_lines_dropped():
+    """The block's writes to the process's stderr, less :data:`START_UP_NOISE`'s lines,
+    reach stderr when it ends (the C++ log writes to file descriptor 2 directly)."""
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
+            captured.seek(0)
+            sys.stderr.writelines(line for line in captured if not START_UP_NOISE.match(line))
+
 
 CPU_REPLICAS = 2
-distribute.configure_cpu_devices(CPU_REPLICAS)
+with tensorflow_start_up_lines_dropped():
+    import tensorflow as tf
+
+    from tfrnn.data import mnist as mnist_data
+    from tfrnn.engine import distribute
+
+    distribute.configure_cpu_devices(CPU_REPLICAS)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -47,3 +47,15 @@ def test_the_scan_covers_the_documentation_and_the_code():
         "experiments/mnist/README.md",
         "tutorials/3_mnist_rows.ipynb",
     } <= names
+
+
+# A bare `python -m …` or `python3 -m …`: the system Python, which has none of the packages.
+BARE_PYTHON = re.compile(r"(?<![\w/.])python3? -m ")
+
+
+def test_every_command_line_of_the_readme_runs_with_the_venvs_python():
+    # After make, `.venv/bin/python -m tfrnn.…` works as written; `python -m` does not.
+    lines = (REPO / "README.md").read_text().splitlines()
+    bare = [f"README.md:{n}: {line}" for n, line in enumerate(lines, 1) if BARE_PYTHON.search(line)]
+    assert not bare, "\n".join(bare)
+    assert any(".venv/bin/python -m tfrnn.export " in line for line in lines)
