@@ -142,7 +142,7 @@ REFUSED = {
             **_lstm("rnn/layer_norm_basic_lstm_cell", 3, 4),
             "rnn/layer_norm_basic_lstm_cell/input/gamma": (4,),
         },
-        "layer_norm_basic_lstm_cell/input/gamma is no variable of a TF1",
+        "layer_norm_basic_lstm_cell/input/gamma is no variable of the TF1 cells tfrnn converts",
     ),
     "misshaped_gru": (
         {**_gru("rnn/gru_cell", 3, 4), "rnn/gru_cell/gates/bias": (6,)},

@@ -128,7 +128,8 @@ def _refuse_foreign(variables: dict) -> None:
     if old:
         raise UsageError(
             f"{', '.join(old)}: TF 0.12's variable names (Linear/Matrix), which tfrnn does not "
-            "read; TF 1.0's tf.contrib.rnn checkpoint_convert.py renames them to TF 1.x's"
+            "read; TF 1.x's tensorflow/contrib/rnn/python/tools/checkpoint_convert.py renames "
+            "them to TF 1.0's, which it reads"
         )
 
 
@@ -167,15 +168,17 @@ def _shape(variables, name) -> tuple:
     return tuple(np.shape(variables[name]))
 
 
-def _check_owned(scope: str, roles: dict, variables: dict, family: str) -> None:
-    """Refuses a variable under ``scope`` that the family does not have."""
+def _check_owned(scope: str, roles: dict, variables: dict, family: str | None) -> None:
+    """Refuses a variable under ``scope`` that ``family`` (None: every family) does not have."""
     extra = sorted(
         name for name in variables if name.startswith(scope + "/") and name not in roles.values()
     )
+    if extra and family:
+        raise UsageError(f"cell {scope}: {', '.join(extra)} is no variable of a TF1 {family}")
     if extra:
         raise UsageError(
-            f"cell {scope}: {', '.join(extra)} is no variable of a TF1 {family}; tfrnn converts "
-            "BasicRNNCell, BasicLSTMCell, LSTMCell (LSTMBlockCell) and GRUCell"
+            f"cell {scope}: {', '.join(extra)} is no variable of the TF1 cells tfrnn converts "
+            "(BasicRNNCell, BasicLSTMCell, LSTMCell or LSTMBlockCell, GRUCell)"
         )
 
 
@@ -218,7 +221,7 @@ def _lstm_or_rnn(scope: str, leaves: dict, variables: dict) -> Cell | tuple:
     projection_kernel = _find(leaves, f"{scope}/projection", "kernel")
     if projection_kernel:
         roles["projection"] = projection_kernel
-    _check_owned(scope, roles, variables, "cell")
+    _check_owned(scope, roles, variables, None)
     candidates, misfits = [], []
     for family in _families(scope, roles):
         try:
