@@ -191,7 +191,7 @@ def test_an_explicit_epochs_replaces_a_presets_train_steps():
         ({"units": 5000}, "--units must be in [1, 4096], got 5000"),
         ({"seed": 2**32}, "--seed must be in [0, 2147483647], got 4294967296"),
         ({"learning_rate": float("nan")}, "--learning_rate must be a positive number"),
-        ({"cell": "gru"}, "--cell must be one of simple, lstm, concat"),
+        ({"cell": "gru"}, "--cell must be one of simple, lstm, concat, got 'gru'"),
         ({"schedule": "step"}, "--schedule must be one of constant, cosine"),
         ({"train_steps": -5}, "--train_steps must be in [0, 100000000], got -5"),
         ({"adam_epsilon": 0.0}, "--adam_epsilon must be a positive number, got 0.0"),
