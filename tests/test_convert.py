@@ -123,6 +123,14 @@ def test_lstm_weights_compute_what_basic_lstm_cell_computes():
     np.testing.assert_allclose(model(images), logits, atol=1e-5)
 
 
+def test_refuses_a_workdir_that_is_a_file(tmp_path):
+    prefix = save_tf1_checkpoint(tmp_path / "model.ckpt", _lstm_classifier(100))
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match=r"notes.txt is a file, not a folder$"):
+        convert.convert(prefix, str(tmp_path / "notes.txt"))
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_refuses_a_workdir_that_is_not_empty_and_leaves_it_alone(tmp_path):
     prefix = save_tf1_checkpoint(tmp_path / "model.ckpt", _lstm_classifier(100))
     workdir = tmp_path / "run"

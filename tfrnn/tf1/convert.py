@@ -41,7 +41,8 @@ import keras
 import numpy as np
 from absl import flags
 
-from tfrnn.errors import UsageError
+from tfrnn import cli
+from tfrnn.errors import UsageError, check_folder
 from tfrnn.tf1 import tutorials
 from tfrnn.tf1.cells import RunTimeOptions
 from tfrnn.tf1.checkpoint import (
@@ -54,6 +55,20 @@ from tfrnn.tf1.recurrent import build_layer, find_recurrent_scopes
 from tfrnn.tf1.word_model import build_word_model, find_word_model
 
 FLAGS = flags.FLAGS
+USAGE = """\
+Converts a TF1 tf.train.Saver checkpoint. A tutorial's graph becomes a tfrnn workdir, which
+then exports and serves like a trained one; any other model of TF1 RNN cells (BasicRNNCell,
+BasicLSTMCell, LSTMCell, GRUCell, MultiRNNCell, bidirectional, TF 1.0 to 1.15) becomes a Keras
+file per recurrent layer, its other variables in variables.npz, and conversion.json.
+
+examples:
+  {command} --tf1_checkpoint /old/run/model.ckpt-800 --workdir runs/c2_from_tf1
+  {command} --tf1_checkpoint /old/run/model.ckpt-5000 --workdir converted/my_model
+  {command} --tf1_checkpoint /old/ptb/model.ckpt --workdir converted/ptb --forget_bias 0
+
+What a checkpoint does not store is TF1's default unless a flag says otherwise: forget_bias
+1.0, no cell_clip or proj_clip, tanh and sigmoid.
+"""
 NEW_NAMES, OLD_NAMES = "TF >= 1.2 names (kernel, bias)", "TF 1.0-1.1 names (weights, biases)"
 # How each family's variables become the Keras cell's, for conversion.json.
 ARITHMETIC = {
@@ -71,10 +86,10 @@ ARITHMETIC = {
 
 def check_workdir(workdir: str) -> None:
     """Refuses a ``--workdir`` that is a file or a folder with something in it."""
-    if os.path.isfile(workdir):
-        raise UsageError(f"--workdir {workdir} is a file, not a folder; name a new folder")
-    if os.path.exists(workdir) and os.listdir(workdir):
-        raise UsageError(f"--workdir {workdir} exists and is not empty; name a new folder")
+    if os.path.exists(workdir):
+        check_folder(workdir, "--workdir")
+        if os.listdir(workdir):
+            raise UsageError(f"--workdir {workdir} exists and is not empty; name a new folder")
 
 
 @contextlib.contextmanager
@@ -274,7 +289,8 @@ def _report_tutorial(conversion: tutorials.Conversion, workdir: str) -> None:
     if conversion.training:
         print(f"left out {conversion.training.describe()}")
     print(
-        f"serve it: .venv/bin/python -m tfrnn.export --workdir {workdir} --export_dir models/NAME"
+        f"serve it: {cli.python_command()} -m tfrnn.export --workdir {workdir} "
+        "--export_dir models/NAME"
     )
 
 
@@ -305,8 +321,7 @@ def _report_model(record: dict, workdir: str) -> None:
 
 def main(argv):
     """The command: convert, then say what was found and what to do next."""
-    if len(argv) > 1:
-        raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.refuse_arguments(argv)
     tutorial = FLAGS.tutorial.upper() if FLAGS.tutorial else None
     result = convert(
         FLAGS.tf1_checkpoint,
