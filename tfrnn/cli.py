@@ -186,7 +186,9 @@ def _usage(module) -> str:
 def _entry_point(module) -> str:
     """The module ``python -m`` ran (``tfrnn.export``), else the one behind it."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    return spec.name if spec is not None else module.__name__
+    if spec is None:
+        return module.__name__
+    return spec.name.removesuffix(".__main__")  # a package run as `python -m tfrnn.bench`
 
 
 def launch(module_name: str, argv=None) -> None:

@@ -125,6 +125,22 @@ class Peer:
     needs: str  # what ``python`` must have installed
 
 
+# What --help says ({command}: how to run it from the current folder, tfrnn.cli.help_text).
+USAGE = """\
+Measures how fast tfrnn trains and serves, beside PyTorch and the tutorials' own TF1
+programs, alternating the sides on this machine; a table, and runs/bench/results.json. The
+peers run where TORCH_PYTHON and TF1_PYTHON name a Python that has them.
+
+examples:
+  {command}
+  TORCH_PYTHON=/path/to/torch-venv/bin/python TF1_PYTHON=.venv/bin/python {command}
+  {command} --rounds 5 --workloads mnist
+  {command} --workloads presets --presets C2 --rounds 1
+
+More: docs/performance.md and experiments/bench/README.md.
+"""
+
+
 def torch_peer(python: str) -> Peer:
     return Peer("torch", "PyTorch", python, TORCH_PEER, "TORCH_PYTHON", "torch")
 

@@ -60,6 +60,8 @@ examples:
 Each export is a new version folder, models/mnist/1, 2, ..., never overwritten, and beside
 it 1.json (its signatures and curl commands) and a ready request body per signature. Serve
 the folder under the task's name: MODEL_NAME=mnist or echo.
+
+More: docs/serving.md (signatures, REST, streaming, bad requests, latency).
 """
 
 

@@ -65,6 +65,22 @@ FIELD_CENTRE = IMAGE_SIZE // 2
 BOX_INK_SHARE = 0.1
 
 
+# What --help says ({command}: how to run it from the current folder, tfrnn.cli.help_text).
+USAGE = """\
+Classifies digit images with an exported MNIST model, as TF Serving would answer them: one
+line per image, after a line naming the model folder and version that answered. Images of
+any size are fitted into MNIST's 28x28 field; a file that cannot be read gets an error line
+and exit status 1.
+
+examples:
+  {command} --model models/mnist digit.png other.jpg images.npy
+  {command} --model models/mnist --version 2 digit.png
+  {command} --model models/mnist --invert black_on_white.png
+
+More: docs/serving.md.
+"""
+
+
 def version_dir(model_dir: str, version: int | None = None) -> str:
     """``model_dir/<version>``: the highest version, or ``version``; UsageError if absent.
 

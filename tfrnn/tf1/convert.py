@@ -68,6 +68,8 @@ examples:
 
 What a checkpoint does not store is TF1's default unless a flag says otherwise: forget_bias
 1.0, no cell_clip or proj_clip, tanh and sigmoid.
+
+More: docs/from_tf1.md (every TF1 cell family and what moves to Keras).
 """
 NEW_NAMES, OLD_NAMES = "TF >= 1.2 names (kernel, bias)", "TF 1.0-1.1 names (weights, biases)"
 # How each family's variables become the Keras cell's, for conversion.json.

@@ -37,6 +37,8 @@ examples:
   {command} --suite canonical  # make echo-deps: (5, 4) and (10, 16)
   {command} --suite styles  # make echo-styles: TF-style n, 2n, true n
   {command} --strategy mirrored  # streams split over the local GPUs
+
+More: docs/architecture.md (how a run flows), docs/scaling.md (strategies, preemption).
 """
 
 

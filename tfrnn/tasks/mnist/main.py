@@ -34,6 +34,8 @@ examples:
   {command} --preset C2 --workdir runs/mnist_c2  # tutorial C2's run
   {command} --dataset fashion_mnist --cell simple
   {command} --strategy mirrored  # every local GPU
+
+More: docs/architecture.md (how a run flows), docs/scaling.md (strategies, preemption).
 """
 
 
