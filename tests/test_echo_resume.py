@@ -56,7 +56,7 @@ def test_sigkill_mid_epoch_then_same_command_ends_like_a_run_never_stopped(tmp_p
     takeover, resuming = resumed.stdout.splitlines()[:2]
     print(takeover, resuming, resumed.stdout.splitlines()[-1], sep="\n")  # pytest -s shows them
     assert takeover == f"taking over the lock of PID {killed_pid}, which ended without releasing it"
-    assert "(step 3, 1 epochs done)" in resuming
+    assert "(step 3, 1 epochs done; a step is a run of 100 windows)" in resuming
     assert json.loads((workdir / "config.json").read_text())["task"] == "echo"
     got = json.loads((workdir / "metrics.json").read_text())
     assert len(got["curve"]) == 6 and len(got["epoch_seconds"]) == 3

@@ -200,7 +200,7 @@ def test_sigint_stops_echo_mid_epoch_and_the_same_command_ends_the_same(tmp_path
 
     resumed = run_command("echo_deps", args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "(step 1, 0 epochs done)" in resumed.stdout
+    assert "(step 1, 0 epochs done; a step is a run of 100 windows)" in resumed.stdout
     assert _metrics(workdir) == _metrics(tmp_path / "uninterrupted")
     # The plain log: a line per 100 windows.
     assert "\x1b" not in resumed.stdout and "\r" not in resumed.stdout
