@@ -12,6 +12,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from tfrnn.tasks.mnist import config as mnist_config
 from tfrnn.tasks.mnist import train as mnist_train
 
@@ -69,3 +71,27 @@ def trained_in_process(config, workdir, checkpoint_every):
         config, str(workdir), checkpoint_every=checkpoint_every, verbose=False
     )
     return workdir
+
+
+def time_line_parts(line: str) -> tuple[float, dict]:
+    """(the total, {phase: seconds}) of a command's ``time … s = phase s + …`` line."""
+    total, _, parts = line.removeprefix("time ").partition(" s = ")
+    split = dict(part.rsplit(" ", 1) for part in parts.split(" + "))
+    return float(total), {phase: float(seconds) for phase, seconds in split.items()}
+
+
+def assert_time_line_adds_up(stdout: str) -> None:
+    """The command's last line splits its time into the phases, and they add up."""
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith("time "), last
+    total, parts = time_line_parts(last)
+    assert list(parts) == [
+        "start-up",
+        "data",
+        "compile",
+        "training",
+        "evaluation",
+        "save and export",
+    ]
+    assert sum(parts.values()) == pytest.approx(total, abs=0.35), last  # each rounded to 0.1
+    assert parts["training"] > 0 and parts["start-up"] > 0, last

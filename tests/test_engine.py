@@ -101,6 +101,9 @@ class CountingSteps:
                 break
         return loop.Call(loss, running, {"train_loss": loss})
 
+    def compile_seconds(self):
+        return {"training": 0.0, "evaluation": 0.0}
+
     def end_epoch(self, epoch):
         return {"train_loss": 1.0}
 

@@ -18,7 +18,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from command_testing import run_command, tiny_mnist_config, trained_in_process
+from command_testing import (
+    assert_time_line_adds_up,
+    run_command,
+    tiny_mnist_config,
+    trained_in_process,
+)
 
 from tfrnn import cli
 from tfrnn.data import mnist as mnist_data
@@ -44,7 +49,7 @@ def _metrics(workdir):
     with open(os.path.join(workdir, "metrics.json")) as handle:
         metrics = json.load(handle)
     for record in metrics["epochs"]:
-        del record["seconds"]
+        del record["seconds"], record["compile_seconds"]
     return metrics
 
 
@@ -98,6 +103,7 @@ def test_sigkill_mid_epoch_then_same_command_ends_like_a_run_never_stopped(
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "(step 8, 1 epochs done)" in resumed.stdout
     assert _metrics(tmp_path) == _metrics(uninterrupted)
+    assert_time_line_adds_up(resumed.stdout)
     expected = keras.saving.load_model(uninterrupted / "model.keras").get_weights()
     got = keras.saving.load_model(tmp_path / "model.keras").get_weights()
     for got_weight, expected_weight in zip(got, expected, strict=True):

@@ -23,7 +23,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
-from command_testing import command_script, run_command, tiny_mnist_config, trained_in_process
+from command_testing import (
+    assert_time_line_adds_up,
+    command_script,
+    run_command,
+    tiny_mnist_config,
+    trained_in_process,
+)
 from distribute_testing import free_ports
 
 from tfrnn.engine import checkpoints, reporting, workdir
@@ -34,7 +40,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 # checkpoint_every 100: only the epochs' ends (24, 48) are checkpointed unless a stop asks.
 MNIST_FLAGS = ["--units=8", "--batch_size=4", "--epochs=2", "--checkpoint_every=100"]
 ECHO_FLAGS = ["--num_steps=10", "--state_size=16", "--epochs=2", "--series_length=400000"]
-WALL_CLOCK = ("seconds", "epoch_seconds", "seconds_per_epoch")
+WALL_CLOCK = ("seconds", "compile_seconds", "epoch_seconds", "seconds_per_epoch")
 
 
 def _mnist_config(data_dir):
@@ -188,6 +194,7 @@ def test_sigint_stops_echo_mid_epoch_and_the_same_command_ends_the_same(tmp_path
         "echo_deps", [*ECHO_FLAGS, f"--workdir={tmp_path / 'uninterrupted'}"]
     )
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
+    assert_time_line_adds_up(uninterrupted.stdout)
     workdir = tmp_path / "stopped"
     args = [*ECHO_FLAGS, f"--workdir={workdir}"]
     # SIGINT (Ctrl-C) after the first run of 100 windows: checkpoint 1, mid-epoch.

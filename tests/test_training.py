@@ -68,7 +68,10 @@ def _event_files(workdir):
 
 
 def _without_seconds(history):
-    return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
+    return [
+        {k: v for k, v in record.items() if k not in ("seconds", "compile_seconds")}
+        for record in history
+    ]
 
 
 def _fit(task, workdir, **kwargs):
@@ -101,8 +104,12 @@ def test_fit_learns_and_writes_metrics_summaries_plot_and_checkpoints(reference)
             "test_loss",
             "test_accuracy",
             "seconds",
+            "compile_seconds",
         }
     assert [record["step"] for record in result.history] == [4, 8, 12]
+    # The first epoch compiled the step and the evaluation; the others ran them compiled.
+    assert result.history[0]["compile_seconds"] > 0
+    assert [record["compile_seconds"] for record in result.history[1:]] == [0.0, 0.0]
     # One training point per call: calls end at checkpoints (every 3 steps) and epoch ends.
     assert [point["step"] for point in metrics["steps"]] == [3, 4, 6, 8, 9, 12]
     assert metrics["steps"][0]["train_loss"] > metrics["steps"][-1]["train_loss"]

@@ -48,7 +48,7 @@ from typing import Protocol
 import keras
 import tensorflow as tf
 
-from tfrnn.engine import distribute
+from tfrnn.engine import distribute, timing
 from tfrnn.engine import workdir as workdir_lib
 from tfrnn.engine.checkpoints import (
     Checkpoints,
@@ -140,6 +140,10 @@ class Steps(Protocol):
     def end_epoch(self, epoch: int) -> dict:
         """The epoch's statistics for its record; resets the partial-epoch sums."""
 
+    def compile_seconds(self) -> dict:
+        """Seconds spent compiling so far, {"training": …, "evaluation": …}
+        (:class:`tfrnn.engine.timing.CompileMeter`)."""
+
     def epoch_summary(self, record: dict) -> str | None:
         """A line to print after the epoch, or None."""
 
@@ -197,6 +201,8 @@ class Controller:
         self._preemption = None  # the PreemptionCheckpointHandler, while training workers
         self._saved_step = None  # the step of the last checkpoint this run wrote
         self._segment_start = 0.0  # when the epoch's time not yet in epoch_seconds began
+        # The command's phases (tfrnn.engine.timing): data, training, evaluation.
+        self.phases = timing.current()
 
     def restore(self, *, fresh: bool = False) -> int:
         """Restores the newest intact checkpoint (none if ``fresh``); returns the global step
@@ -229,12 +235,13 @@ class Controller:
         self._stop_signal = None
         stop_requests = self._preemption_checks if self._cluster_resolver else self._stop_requests
         try:
-            with stop_requests():
+            with stop_requests(), self.phases.phase("training"):
                 for epoch in range(int(self.epochs_done), self.schedule.num_epochs):
                     self._train_epoch(epoch)
                     self._stop_if_requested()  # the epoch's end was just checkpointed
         finally:
             self.checkpoints.close()
+            self.phases.add_compiling(self.steps.compile_seconds())
         return self.log.records["epochs"]
 
     @contextlib.contextmanager
@@ -314,8 +321,10 @@ class Controller:
         )
         if self.verbose:
             print(label, flush=True)
-        self.steps.start_epoch(epoch, step_in_epoch)
         self._segment_start = time.perf_counter()
+        self._epoch_compiling = sum(self.steps.compile_seconds().values())
+        with self.phases.phase("data"):
+            self.steps.start_epoch(epoch, step_in_epoch)
         while step_in_epoch < epoch_steps:
             num_steps = self.schedule.call_steps(self.step, epoch_steps - step_in_epoch)
             call = self.steps.train(num_steps)
@@ -350,13 +359,18 @@ class Controller:
             self._checkpoint()
 
     def _end_epoch(self, epoch: int) -> None:
-        statistics = self.steps.end_epoch(epoch)
+        with self.phases.phase("evaluation"):
+            statistics = self.steps.end_epoch(epoch)
         self.epoch_seconds.assign_add(time.perf_counter() - self._segment_start)
+        compiling = max(0.0, sum(self.steps.compile_seconds().values()) - self._epoch_compiling)
         record = {
             "epoch": epoch + 1,
             "step": self.step,
             **statistics,
+            # The epoch's seconds include its compiling (of this process: a resumed epoch's
+            # compiling before the interruption is in its seconds, not here).
             "seconds": round(float(self.epoch_seconds), 3),
+            "compile_seconds": round(compiling, 3),
         }
         self.log.add("epochs", record)
         self._report_records()

@@ -13,7 +13,7 @@ import os
 from absl import flags, logging
 
 from tfrnn import cli
-from tfrnn.engine import compile_cache, distribute, threads
+from tfrnn.engine import compile_cache, distribute, threads, timing
 from tfrnn.engine import workdir as workdir_lib
 from tfrnn.errors import UsageError
 from tfrnn.tasks.echo import config as echo_config
@@ -144,7 +144,10 @@ def main(argv):
         ROOT, config.name if FLAGS.suite == "none" else FLAGS.suite
     )
     workdir_lib.prepare(workdir)  # a bad --workdir is refused before any training
-    with distribute.lost_workers_as_usage_errors():
+    with (
+        distribute.lost_workers_as_usage_errors(),
+        timing.measured(timing.process_start()) as phases,
+    ):
         if FLAGS.suite == "canonical":
             echo_train.run_canonical(
                 config, workdir, epochs=FLAGS.epochs, strategy=strategy, fresh=FLAGS.fresh
@@ -166,3 +169,4 @@ def main(argv):
                 checkpoint_every=FLAGS.checkpoint_every,
                 fresh=FLAGS.fresh,
             )
+        print(phases.line(), flush=True)

@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 
 from tfrnn.data.echo import epoch_rng, epoch_windows, generate_series
-from tfrnn.engine import distribute
+from tfrnn.engine import distribute, timing
 from tfrnn.engine.loop import Call
 from tfrnn.tasks.echo import tbptt
 from tfrnn.tasks.echo.config import REPORT_EVERY, EchoConfig
@@ -66,6 +66,7 @@ class EchoSteps:
         )
         self.runs_variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_runs")
         self.windows = self.position = None
+        self.meter = timing.CompileMeter(self.run_windows)
 
     def checkpoint_items(self) -> dict:
         return dict(
@@ -111,6 +112,9 @@ class EchoSteps:
             loss=mean_loss, running=running, point={"train_loss": sum(points) / len(points)}
         )
 
+    def compile_seconds(self) -> dict:
+        return {"training": self.meter.compile_seconds(), "evaluation": 0.0}
+
     def end_epoch(self, epoch: int) -> dict:
         train_loss = self.loss_sum / self.runs
         self.loss_sum, self.runs = 0.0, 0
@@ -124,11 +128,12 @@ class EchoSteps:
         inputs, targets = self.windows
         run = slice(self.position * REPORT_EVERY, (self.position + 1) * REPORT_EVERY)
         # Each replica given its own rows (all of them on one device).
-        losses, self.carry = self.run_windows(
-            distribute.distribute_rows(self.strategy, inputs[run], axis=1),
-            distribute.distribute_rows(self.strategy, targets[run], axis=1),
-            self.carry,
-        )
+        with self.meter.call(1):
+            losses, self.carry = self.run_windows(
+                distribute.distribute_rows(self.strategy, inputs[run], axis=1),
+                distribute.distribute_rows(self.strategy, targets[run], axis=1),
+                self.carry,
+            )
         self.position += 1
         mean_loss = float(tf.reduce_mean(losses))
         self.loss_sum += mean_loss

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrnn.data.echo import expected_losses
-from tfrnn.engine import distribute
+from tfrnn.engine import distribute, timing
 from tfrnn.engine import workdir as workdir_lib
 from tfrnn.engine.loop import Schedule, seed_and_make_deterministic, start_run
 from tfrnn.engine.reporting import save_figure, write_json_atomically
@@ -93,7 +93,8 @@ def _train_and_write(config, workdir, verbose, strategy, checkpoint_every, fresh
     controller.train()
     metrics = run_metrics(config, controller.log.records)
     if chief:
-        _write_results(controller.steps.model, config, metrics, workdir, verbose)
+        with timing.current().phase("save and export"):
+            _write_results(controller.steps.model, config, metrics, workdir, verbose)
     return metrics
 
 

@@ -14,7 +14,7 @@ import typing
 from absl import flags, logging
 
 from tfrnn import cli
-from tfrnn.engine import compile_cache, distribute
+from tfrnn.engine import compile_cache, distribute, timing
 from tfrnn.engine import workdir as workdir_lib
 from tfrnn.tasks.mnist import config as mnist_config
 from tfrnn.tasks.mnist import train as mnist_train
@@ -95,7 +95,10 @@ def main(argv):
     mnist_config.validate(config)
     workdir_lib.prepare(FLAGS.workdir)
     title = f"MNIST rows, preset {FLAGS.preset.upper()}" if FLAGS.preset else "MNIST rows"
-    with distribute.lost_workers_as_usage_errors():
+    with (
+        distribute.lost_workers_as_usage_errors(),
+        timing.measured(timing.process_start()) as phases,
+    ):
         mnist_train.train_and_evaluate(
             config,
             FLAGS.workdir,
@@ -104,3 +107,4 @@ def main(argv):
             title=title,
             fresh=FLAGS.fresh,
         )
+        print(phases.line(), flush=True)

@@ -9,7 +9,7 @@ import shutil
 import tensorflow as tf
 
 from tfrnn.data import mnist as mnist_data
-from tfrnn.engine import distribute, training
+from tfrnn.engine import distribute, timing, training
 from tfrnn.engine import workdir as workdir_lib
 from tfrnn.engine.loop import seed_and_make_deterministic
 from tfrnn.engine.reporting import write_json_atomically
@@ -49,7 +49,9 @@ def train_and_evaluate(
         # Recorded as an absolute path: where the run read its data, from any directory.
         config = dataclasses.replace(config, data_dir=os.path.abspath(config.data_dir))
     seed_and_make_deterministic(config.seed)
-    data = mnist_data.load(config.dataset, config.data_dir, config.validation_size)
+    phases = timing.current()
+    with phases.phase("data"):
+        data = mnist_data.load(config.dataset, config.data_dir, config.validation_size)
     task = make_task(config, data)
     if verbose:
         print(
@@ -73,8 +75,17 @@ def train_and_evaluate(
             fresh=fresh,
         )
         if chief:
-            _save_export_and_evaluate(result.model, data, workdir, verbose)
+            with phases.phase("save and export"):
+                _save_export_and_evaluate(result, data, workdir, verbose)
     return result  # on other workers: the chief saves, exports and evaluates the same weights
+
+
+def _last_test_accuracy(result: training.Result, model, data) -> float:
+    """The trained weights' accuracy on the test images: the last epoch's evaluation, which
+    ends every run (a resumed one included), or a pass now for a run without epochs."""
+    if result.history:
+        return result.history[-1]["test_accuracy"]
+    return accuracy(model, mnist_data.test_batches(data.test, 500))
 
 
 def make_task(config: Config, data: mnist_data.MnistData) -> training.Task:
@@ -102,9 +113,11 @@ def make_task(config: Config, data: mnist_data.MnistData) -> training.Task:
     )
 
 
-def _save_export_and_evaluate(model, data, workdir: str, verbose: bool) -> None:
+def _save_export_and_evaluate(result: training.Result, data, workdir: str, verbose: bool):
     """Writes model.keras, export/1/ and final.json (the final test accuracies), each whole
-    or not at all: the same command after an interruption writes them again."""
+    or not at all: the same command after an interruption writes them again. The accuracy on
+    all test images is the last epoch's evaluation, of these same weights."""
+    model = result.model
     workdir_lib.save_model(model, workdir)
     export_dir = os.path.join(workdir, "export")
     # The workdir's export mirrors its model.keras: a re-run replaces it rather than adding
@@ -112,7 +125,7 @@ def _save_export_and_evaluate(model, data, workdir: str, verbose: bool) -> None:
     shutil.rmtree(export_dir, ignore_errors=True)
     export.export_workdir(workdir, export_dir, version=1)
     final = {
-        "test_accuracy": accuracy(model, mnist_data.test_batches(data.test, 500)),
+        "test_accuracy": _last_test_accuracy(result, model, data),
         "test_accuracy_first_128": accuracy(model, mnist_data.test_batches(data.test, 128, 128)),
         "test_images": data.test.num_examples,
     }
