@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 import pytest
+from command_testing import time_line_parts
 
 from tfrnn.bench import suite as bench
 from tfrnn.bench import torch_peer as bench_torch
@@ -401,3 +402,58 @@ def test_the_matmul_ceiling_runs_the_lstms_matmuls():
     got = bench._lstm_matmuls(rows, kernel, recurrent_kernel)
     np.testing.assert_allclose(got[0], kernel_gradient, rtol=1e-5)
     np.testing.assert_allclose(got[1], recurrent_gradient, rtol=1e-5)
+
+
+def test_each_command_runs_cold_then_warm_on_one_cache_with_the_tf1_program_between(
+    tmp_path, monkeypatch
+):
+    calls = []
+
+    def fake_command(command):
+        cache = command[command.index("--compile_cache") + 1]
+        calls.append(("tfrnn", command[command.index("--workdir") + 1], os.path.exists(cache)))
+        os.makedirs(cache, exist_ok=True)  # what a run leaves for the next
+        return 10.0 + len(calls), f"time {10.0 + len(calls)} s = start-up 3.0 + …"
+
+    def fake_tf1(peer, name, data_dir, folder):
+        calls.append(("tf1", name, data_dir is not None))
+        return 20.0
+
+    monkeypatch.setattr(bench, "command_seconds", fake_command)
+    monkeypatch.setattr(bench, "tf1_command_seconds", fake_tf1)
+    monkeypatch.setattr(bench.mnist_data, "write_synthetic_idx", lambda folder, *_: None)
+    options = bench.Options(
+        rounds=1, commands=("C2", "echo"), workloads=("commands",), output_dir=str(tmp_path)
+    )
+    records = bench.run(options, None, log=lambda line: None, tf1_python=sys.executable)
+    # Per command: cold (an empty cache), the TF1 program, warm (the cache the cold run filled).
+    assert [(side, os.path.basename(where), cached) for side, where, cached in calls] == [
+        ("tfrnn", "cold", False), ("tf1", "C2", True), ("tfrnn", "warm", True),
+        ("tfrnn", "cold", False), ("tf1", "echo", True), ("tfrnn", "warm", True),
+    ]  # fmt: skip
+    assert [(r["workload"], r["metric"], r["tfrnn"], r["tf1"]) for r in records] == [
+        ("--preset C2 command", "seconds launch to exit, cold compile cache", 11.0, 20.0),
+        ("--preset C2 command", "seconds launch to exit, warm compile cache", 13.0, 20.0),
+        ("echo suite (make echo-deps)", "seconds launch to exit, cold compile cache", 14.0, 20.0),
+        ("echo suite (make echo-deps)", "seconds launch to exit, warm compile cache", 16.0, 20.0),
+    ]
+    assert records[0]["tf1_ratio"] == pytest.approx(20.0 / 11.0)
+    assert records[1]["breakdown"] == "time 13.0 s = start-up 3.0 + …"
+
+
+def test_a_command_is_timed_launch_to_exit_with_its_breakdown(tiny_mnist, tmp_path):
+    options = bench.Options(command_flags=("--epochs", "1"))
+    command = bench.tfrnn_command(options, "C2", tiny_mnist, str(tmp_path / "run"), "")
+    assert command[1:5] == ["-m", "tfrnn.experiments.mnist", "--preset", "C2"]
+    seconds, breakdown = bench.command_seconds(command)
+    total, parts = time_line_parts(breakdown)
+    assert 0 < total < seconds  # the line comes before the process's exit
+    assert parts["training"] > 0
+    echo = bench.tfrnn_command(options, "echo", tiny_mnist, "runs/x", "cache")
+    assert echo[2:5] == ["tfrnn.experiments.echo_deps", "--suite", "canonical"]
+
+
+def test_the_environment_names_the_cpus_instruction_sets():
+    sets = bench.cpu_instruction_sets()
+    assert sets == sorted(sets)
+    assert all(name.startswith(("sse4", "avx", "fma", "amx")) for name in sets)

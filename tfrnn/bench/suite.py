@@ -73,6 +73,7 @@ from tfrnn.engine.loop import seed_and_make_deterministic
 from tfrnn.errors import UsageError
 from tfrnn.serving.tf_serving import DEFAULT_SIGNATURE
 from tfrnn.tasks.echo import config as echo_config
+from tfrnn.tasks.echo import train as echo_train
 from tfrnn.tasks.mnist import config as mnist_settings
 from tfrnn.tasks.mnist import model as mnist_model
 from tfrnn.tasks.mnist import serving as mnist_serving
@@ -95,7 +96,12 @@ MNIST_PATHS = {
 ECHO_CONFIGS = ((5, 4), (10, 16))
 ECHO_MODES = ("stateful", "explicit")
 PRESETS = tuple(mnist_settings.PRESETS)
-WORKLOADS = ("mnist", "echo", "presets", "serving")
+WORKLOADS = ("mnist", "echo", "presets", "commands", "serving")
+# The whole commands timed launch to exit by the "commands" workload: each preset's
+# `python -m tfrnn.experiments.mnist --preset …`, and the echo suite of `make echo-deps`.
+COMMANDS = (*PRESETS, "echo")
+# The echo suite's runs, as the TF1 program does them one by one: (num_steps, state_size, epochs).
+ECHO_SUITE = echo_train.CANONICAL
 FIRST_ECHO_EPOCH = "first epoch seconds (tracing and XLA compile included)"
 SKIP_LINE = (
     "TORCH_PYTHON is not set: the PyTorch column is skipped (torch and ratio are null); "
@@ -169,6 +175,8 @@ class Options:
     serving_calls: int = 1000  # batch-1 requests timed; a tenth as many of batch 256
     output_dir: str = "runs/bench"
     compile_cache: str = ""  # the one-epoch echo runs' --compile_cache; "": none
+    commands: tuple = COMMANDS  # the whole commands timed (the "commands" workload)
+    command_flags: tuple = ()  # added to each tfrnn command (tests shorten the runs)
 
 
 def higher_is_better(metric: str) -> bool:
@@ -387,6 +395,42 @@ def preset_epoch_seconds(options: Options, preset: str, data_dir: str) -> tuple[
     return seconds[-1], seconds[0]
 
 
+def tfrnn_command(options: Options, name: str, data_dir: str, workdir: str, cache: str):
+    """The command line a user runs for ``name`` (a preset, or ``echo`` for the suite of
+    ``make echo-deps``), with its workdir and ``--compile_cache`` folder."""
+    if name == "echo":
+        module, flags_ = "tfrnn.experiments.echo_deps", ["--suite", "canonical"]
+    else:
+        module, flags_ = "tfrnn.experiments.mnist", ["--preset", name, "--data_dir", data_dir]
+    common = ["--workdir", workdir, "--compile_cache", cache, *options.command_flags]
+    return [sys.executable, "-m", module, *flags_, *common]
+
+
+def command_seconds(command: list[str]) -> tuple[float, str]:
+    """(seconds from launch to exit, its last line: the time breakdown) of a tfrnn command."""
+    start = time.perf_counter()
+    stdout = _run_tfrnn(command, {}, f"{' '.join(command[2:4])} failed")
+    return time.perf_counter() - start, _last_line(stdout)
+
+
+def tf1_command_seconds(peer: Peer, name: str, data_dir: str, folder: str) -> float:
+    """Seconds from launch to exit of the TF1 program(s) doing what ``name``'s command does:
+    the tutorial's program at its own length, or tutorial A's for each run of the echo suite,
+    one process each as the tutorial ran them."""
+    if name == "echo":
+        runs = [
+            ["echo", "--graph", "handbuilt", "--num_steps", str(num_steps), "--state_size",
+             str(state_size), "--epochs", str(epochs)]
+            for num_steps, state_size, epochs in ECHO_SUITE
+        ]  # fmt: skip
+    else:
+        runs = [["mnist", "--graph", name, "--data_dir", data_dir, "--out", folder]]
+    start = time.perf_counter()
+    for arguments in runs:
+        run_peer(peer, arguments)
+    return time.perf_counter() - start
+
+
 def serving_figures(options: Options) -> dict:
     """Latency (ms, median and p99) for one image and images/s for 256, exported signature."""
     model = mnist_model.build_model(mnist_config(options, "default"))
@@ -447,6 +491,18 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def cpu_instruction_sets() -> list[str]:
+    """The vector and matrix instruction sets the CPU reports (/proc/cpuinfo's flags: SSE4,
+    AVX, AVX2, FMA, AVX-512, AMX, ...), where kernels differ from one CPU to the next."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags_ = next((line.split(":", 1)[1].split() for line in handle
+                           if line.startswith("flags")), [])  # fmt: skip
+    except OSError:
+        return []
+    return sorted(flag for flag in flags_ if flag.startswith(("sse4", "avx", "fma", "amx")))
 
 
 def _format(value) -> str:
@@ -524,6 +580,7 @@ class Figures:
     torch: dict = dataclasses.field(default_factory=dict)
     tf1: dict = dataclasses.field(default_factory=dict)
     torch_threads: set = dataclasses.field(default_factory=set)
+    breakdowns: dict = dataclasses.field(default_factory=dict)  # a command's last time line
     gflops: float = 0.0  # the machine's matmul speed (matmul_gflops), for the bound shares
 
     def measure(self, key: tuple, measurement, *args):
@@ -558,6 +615,7 @@ def _environment(options: Options, peers: dict) -> dict:
     return {
         "cpus": os.cpu_count(),
         "cpu_model": _cpu_model(),
+        "cpu_instruction_sets": cpu_instruction_sets(),
         "load_average_start": list(os.getloadavg()),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
@@ -625,6 +683,47 @@ def _preset_round(options: Options, peers: dict, data_dir: str, figures: Figures
             result = figures.ask_peer(peers["tf1"], key, arguments, "epoch_seconds")
             seconds = result["epoch_seconds"]
             log(f"TF1 {preset}: {seconds[-1]:.1f} s an epoch ({seconds[0]:.1f} s the first)")
+
+
+def _command_round(options: Options, peers: dict, data_dir: str, figures: Figures, log) -> None:
+    """Each whole command from an empty compile cache (cold), the TF1 program, then the same
+    command again on the cache the first run filled (warm)."""
+    for name in options.commands:
+        with tempfile.TemporaryDirectory(prefix="tfrnn_bench_command_") as folder:
+            cache = os.path.join(folder, "cache")
+            for cache_state in ("cold", "warm"):
+                if cache_state == "warm" and peers["tf1"]:
+                    seconds = tf1_command_seconds(peers["tf1"], name, data_dir, folder)
+                    figures.keep("tf1", ("command", name), seconds)
+                    log(f"TF1 {name}: {seconds:.1f} s, launch to exit")
+                workdir = os.path.join(folder, cache_state)
+                command = tfrnn_command(options, name, data_dir, workdir, cache)
+                key = (f"command {cache_state}", name)
+                seconds, breakdown = figures.measure(key, command_seconds, command)
+                figures.breakdowns[key] = breakdown
+                log(f"tfrnn {name}, {cache_state} compile cache: {seconds:.1f} s; {breakdown}")
+
+
+def _command_records(options: Options, figures: Figures) -> list[dict]:
+    """Two records a command: launch to exit with a cold and with a warm compile cache, each
+    against the TF1 program's; the last run's time breakdown beside them."""
+    records = []
+    for name in options.commands:
+        workload = "echo suite (make echo-deps)" if name == "echo" else f"--preset {name} command"
+        for cache_state in ("cold", "warm"):
+            key = (f"command {cache_state}", name)
+            if key in figures.tfrnn:
+                records.append(
+                    make_record(
+                        workload,
+                        f"seconds launch to exit, {cache_state} compile cache",
+                        figures.tfrnn[key],
+                        load=figures.load[key],
+                        tf1_runs=figures.tf1.get(("command", name)),
+                        breakdown=figures.breakdowns[key],
+                    )
+                )
+    return records
 
 
 def _mnist_records(options: Options, figures: Figures) -> list[dict]:
@@ -740,7 +839,7 @@ def _write_results(output_dir: str, records: list[dict], environment: dict) -> N
 def _presets_data_dir(options: Options, stack: contextlib.ExitStack, log) -> str | None:
     """The presets' IDX folder: ``options.mnist_dir``, else a synthetic set written to a
     temporary folder that ``stack`` removes; None when the presets do not run."""
-    if "presets" not in options.workloads:
+    if "presets" not in options.workloads and "commands" not in options.workloads:
         return None
     if options.mnist_dir is not None:
         return os.path.abspath(options.mnist_dir)
@@ -770,6 +869,8 @@ def _measure_rounds(options: Options, peers: dict, figures: Figures, log) -> Non
                 _echo_round(options, peers, figures, log_round)
             if "presets" in options.workloads:
                 _preset_round(options, peers, data_dir, figures, log_round)
+            if "commands" in options.workloads:
+                _command_round(options, peers, data_dir, figures, log_round)
 
 
 def run(
@@ -802,6 +903,7 @@ def run(
         *_mnist_records(options, figures),
         *_echo_records(options, figures),
         *_preset_records(options, figures),
+        *_command_records(options, figures),
     ]
     if "serving" in options.workloads:
         records += _serving_records(options, figures.gflops, log)
