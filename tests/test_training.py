@@ -107,9 +107,11 @@ def test_fit_learns_and_writes_metrics_summaries_plot_and_checkpoints(reference)
             "compile_seconds",
         }
     assert [record["step"] for record in result.history] == [4, 8, 12]
-    # The first epoch compiled the step and the evaluation; the others ran them compiled.
-    assert result.history[0]["compile_seconds"] > 0
-    assert [record["compile_seconds"] for record in result.history[1:]] == [0.0, 0.0]
+    # The first epoch compiled the step and the evaluation; the others ran them compiled (an
+    # estimate: the steady rate it is measured against moves a little as steps accrue).
+    first = result.history[0]["compile_seconds"]
+    assert first > 0
+    assert all(record["compile_seconds"] < first / 10 for record in result.history[1:])
     # One training point per call: calls end at checkpoints (every 3 steps) and epoch ends.
     assert [point["step"] for point in metrics["steps"]] == [3, 4, 6, 8, 9, 12]
     assert metrics["steps"][0]["train_loss"] > metrics["steps"][-1]["train_loss"]
