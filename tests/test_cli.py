@@ -250,3 +250,30 @@ def test_a_negative_intra_op_thread_count_is_one_line_and_exit_2():
     assert result.stderr.strip().splitlines() == [
         "error: --intra_op_threads must be 0 (one per core) or more, got -2"
     ]
+
+
+def test_a_command_that_succeeded_exits_without_finalisation_unless_in_a_cluster():
+    # Python's and TensorFlow's finalisation takes about a second and writes nothing of the
+    # command's; under TF_CONFIG the cluster's coordination needs the ordinary exit.
+    script = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('finalised'))\n"
+        "sys.argv = ['predict', '--help']\n"
+        "from tfrnn import cli\n"
+        "cli.launch('tfrnn.serving.predict')\n"
+    )
+    environments = {
+        "alone": dict(os.environ),
+        "cluster": {**os.environ, "TF_CONFIG": '{"cluster": {"worker": ["localhost:1"]}}'},
+    }
+    running = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for name, env in environments.items()
+    }
+    outputs = {name: process.communicate(timeout=120)[0] for name, process in running.items()}
+    assert all(process.returncode == 0 for process in running.values())
+    assert "examples:" in outputs["alone"]  # stdout was flushed before the exit
+    assert "finalised" not in outputs["alone"]
+    assert outputs["cluster"].rstrip().endswith("finalised")
