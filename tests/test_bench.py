@@ -441,16 +441,16 @@ def test_each_command_runs_cold_then_warm_on_one_cache_with_the_tf1_program_betw
     assert records[1]["breakdown"] == "time 13.0 s = start-up 3.0 + …"
 
 
-def test_a_command_is_timed_launch_to_exit_with_its_breakdown(tiny_mnist, tmp_path):
-    options = bench.Options(command_flags=("--epochs", "1"))
-    command = bench.tfrnn_command(options, "C2", tiny_mnist, str(tmp_path / "run"), "")
-    assert command[1:5] == ["-m", "tfrnn.experiments.mnist", "--preset", "C2"]
+def test_a_command_is_timed_launch_to_exit_with_its_breakdown(tmp_path):
+    options = bench.Options(command_flags=("--epochs", "1", "--series_length", "200000"))
+    command = bench.tfrnn_command(options, "echo", None, str(tmp_path / "run"), "")
+    assert command[1:5] == ["-m", "tfrnn.experiments.echo_deps", "--suite", "canonical"]
     seconds, breakdown = bench.command_seconds(command)
     total, parts = time_line_parts(breakdown)
     assert 0 < total < seconds  # the line comes before the process's exit
     assert parts["training"] > 0
-    echo = bench.tfrnn_command(options, "echo", tiny_mnist, "runs/x", "cache")
-    assert echo[2:5] == ["tfrnn.experiments.echo_deps", "--suite", "canonical"]
+    preset = bench.tfrnn_command(options, "C2", "mnist_files", "runs/x", "cache")
+    assert preset[2:7] == ["tfrnn.experiments.mnist", "--preset", "C2", "--data_dir", "mnist_files"]
 
 
 def test_the_environment_names_the_cpus_instruction_sets():
