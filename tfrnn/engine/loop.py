@@ -201,6 +201,7 @@ class Controller:
         self._preemption = None  # the PreemptionCheckpointHandler, while training workers
         self._saved_step = None  # the step of the last checkpoint this run wrote
         self._segment_start = 0.0  # when the epoch's time not yet in epoch_seconds began
+        self._epoch_compiling = 0.0  # the steps' compile seconds when the epoch began
         # The command's phases (tfrnn.engine.timing): data, training, evaluation.
         self.phases = timing.current()
 
