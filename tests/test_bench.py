@@ -116,7 +116,7 @@ def test_runs_alternate_with_the_peer_and_records_hold_the_ratios(tmp_path, fake
     with open(tmp_path / "out" / "results.json") as handle:
         assert json.load(handle) == records
     by_key = {(r["workload"], r["metric"]): r for r in records}
-    mnist = by_key[("MNIST train, default: RNN(LSTMCell) loop", "images/s")]
+    mnist = by_key[(f"MNIST train, {bench.MNIST_PATHS['default']}", "images/s")]
     assert len(mnist["tfrnn_runs"]) == 2 and mnist["tfrnn"] > 0
     assert 0 < mnist["bound_share"] < 1
     assert mnist["torch"] == PEER_IMAGES_PER_SECOND
@@ -240,7 +240,7 @@ def test_other_mnist_paths_run_once_and_records_follow_the_options(
     ]  # fmt: skip
     assert [(r["workload"], r["tfrnn_runs"], r["torch_runs"]) for r in records[:2]] == [
         ("MNIST train, keras.layers.LSTM", [100.0], [1000.0, 1000.0]),
-        ("MNIST train, default: RNN(LSTMCell) loop", [200.0, 700.0], [1000.0, 1000.0]),
+        (f"MNIST train, {bench.MNIST_PATHS['default']}", [200.0, 700.0], [1000.0, 1000.0]),
     ]
     assert [(r["workload"], r["metric"]) for r in records[2:6]] == [
         ("echo (10, 16) explicit", "epoch seconds"),
@@ -451,9 +451,3 @@ def test_a_command_is_timed_launch_to_exit_with_its_breakdown(tmp_path):
     assert parts["training"] > 0
     preset = bench.tfrnn_command(options, "C2", "mnist_files", "runs/x", "cache")
     assert preset[2:7] == ["tfrnn.experiments.mnist", "--preset", "C2", "--data_dir", "mnist_files"]
-
-
-def test_the_environment_names_the_cpus_instruction_sets():
-    sets = bench.cpu_instruction_sets()
-    assert sets == sorted(sets)
-    assert all(name.startswith(("sse4", "avx", "fma", "amx")) for name in sets)

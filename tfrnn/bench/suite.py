@@ -55,7 +55,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -68,7 +67,7 @@ import tensorflow as tf
 from absl import flags, logging
 
 from tfrnn.data import mnist as mnist_data
-from tfrnn.engine import compile_cache, training
+from tfrnn.engine import compile_cache, cpu, training
 from tfrnn.engine.loop import seed_and_make_deterministic
 from tfrnn.errors import UsageError
 from tfrnn.serving.tf_serving import DEFAULT_SIGNATURE
@@ -482,29 +481,6 @@ def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cpu_instruction_sets() -> list[str]:
-    """The vector and matrix instruction sets the CPU reports (/proc/cpuinfo's flags: SSE4,
-    AVX, AVX2, FMA, AVX-512, AMX, ...), where kernels differ from one CPU to the next."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags_ = next((line.split(":", 1)[1].split() for line in handle
-                           if line.startswith("flags")), [])  # fmt: skip
-    except OSError:
-        return []
-    return sorted(flag for flag in flags_ if flag.startswith(("sse4", "avx", "fma", "amx")))
-
-
 def _format(value) -> str:
     if value is None:
         return "-"
@@ -614,8 +590,8 @@ def _environment(options: Options, peers: dict) -> dict:
     """What environment.json records at the start: machine, load, threads, versions, options."""
     return {
         "cpus": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "cpu_instruction_sets": cpu_instruction_sets(),
+        "cpu_model": cpu.model_name(),
+        "cpu_instruction_sets": list(cpu.instruction_sets()),
         "load_average_start": list(os.getloadavg()),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
