@@ -141,12 +141,12 @@ def _write_results(model, config: EchoConfig, metrics: dict, workdir: str, verbo
 LOSS_RANGE = (0.43, 0.70)
 
 
-def plot_curves(runs: dict, path: str, *, title: str = "", styles: dict | None = None) -> None:
+def plot_curves(runs: dict, path: str, *, title: str = "") -> None:
     """Writes :func:`curves_figure` of ``runs`` to the PNG ``path``."""
-    save_figure(curves_figure(runs, title=title, styles=styles), path)
+    save_figure(curves_figure(runs, title=title), path)
 
 
-def curves_figure(runs: dict, *, title: str = "", styles: dict | None = None):
+def curves_figure(runs: dict, *, title: str = ""):
     """Each run's curve (mean loss per 100 windows, against epochs) with the references.
 
     The three reference lines are the expected losses of learning nothing, the t-3
@@ -157,16 +157,12 @@ def curves_figure(runs: dict, *, title: str = "", styles: dict | None = None):
     Args:
       runs: label -> metrics (as returned by :func:`train_and_evaluate`).
       title: the plot's title.
-      styles: label -> matplotlib keyword arguments for that run's line.
 
     Returns:
       The matplotlib Figure.
     """
     figure, axes = _pyplot().subplots(figsize=(7, 4), dpi=100, layout="constrained")
-    curves = [
-        _plot_curve(axes, metrics, label=label, **(styles or {}).get(label, {}))
-        for label, metrics in runs.items()
-    ]
+    curves = [_plot_curve(axes, metrics, label=label) for label, metrics in runs.items()]
     _draw_levels(axes, named=True)
     _show_loss_range(axes, curves)
     axes.set_ylabel("mean loss of 100 windows (nats)")
