@@ -44,6 +44,14 @@ def command_script(module, at_update=None, action=SIGKILL):
     )
 
 
+def user_environment(**extra) -> dict:
+    """The environment a user's shell gives a command: this process's without the TensorFlow
+    log level a test may have set, so that the command quiets TensorFlow's start-up itself
+    (:func:`tfrnn.cli.quiet_tensorflow`) as it does for a user; with ``extra`` added."""
+    environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return environment | extra
+
+
 def run_command(module, args, at_update=None, action=SIGKILL, timeout=240):
     """Runs :func:`command_script` with ``args``; the finished process (text output)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")

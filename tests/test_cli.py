@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from absl import flags
+from command_testing import user_environment
 
 from tfrnn import cli
 from tfrnn.cli import run
@@ -43,12 +44,11 @@ def test_other_errors_are_not_hidden():
 
 
 def _python(script: str) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     return subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True,
         text=True,
-        env=environment,
+        env=user_environment(),
         cwd=REPO,
         timeout=120,
         check=True,
@@ -177,7 +177,7 @@ def _interrupted(script, *args):
         [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
-        env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+        env=user_environment(),
         timeout=240,
     )
     assert result.returncode == 130, result.stderr[-3000:]

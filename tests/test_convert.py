@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from command_testing import user_environment
 
 from tfrnn.errors import UsageError
 from tfrnn.serving import export
@@ -20,7 +21,6 @@ from tfrnn.tf1 import convert, tutorials
 from tfrnn.tf1.checkpoint import OPTIMIZER_SCALARS, STEP_COUNTER
 
 # As a user runs it: the command quiets TensorFlow's start-up unless this is set.
-ENV = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
 
 
 def _arrays(shapes: dict, seed=0) -> dict:
@@ -252,7 +252,9 @@ def bad_runs(tmp_path_factory):
             continue
         command = [sys.executable, "-m", "tfrnn.convert", "--tf1_checkpoint", prefix]
         command += ["--workdir", str(folder / "out"), *flags]
-        process = subprocess.run(command, env=ENV, stderr=subprocess.PIPE, timeout=120)
+        process = subprocess.run(
+            command, env=user_environment(), stderr=subprocess.PIPE, timeout=120
+        )
         finished[case] = (folder, process.returncode, process.stderr.decode())
     return finished
 

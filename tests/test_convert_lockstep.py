@@ -32,6 +32,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from command_testing import user_environment
 
 from tfrnn.data.echo import epoch_rng, epoch_windows, generate_series
 from tfrnn.engine import training
@@ -227,10 +228,12 @@ def test_tfrnn_training_follows_the_graph_step_by_step(tf1_runs, name, tmp_path)
 
 
 def _run(*command):
-    # As a user runs it: the commands quiet TensorFlow's start-up unless this is set.
-    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
     finished = subprocess.run(
-        [sys.executable, "-m", *command], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", *command],
+        env=user_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert finished.returncode == 0, finished.stderr[-3000:]
     return finished.stdout

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from command_testing import user_environment
 from distribute_testing import free_ports, train_echo_windows
 
 from tfrnn import cli
@@ -301,9 +302,7 @@ def test_echo_command_refuses_bad_strategies_in_one_line(
 
 
 def test_mnist_command_refuses_a_bad_tf_config_in_one_line(mnist_dir, tmp_path):
-    # Without TF_CPP_MIN_LOG_LEVEL: the command keeps TensorFlow's start-up quiet itself.
-    environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    environment.update(PYTHONPATH=str(REPO), TF_CONFIG='{"cluster": 3}')
+    environment = user_environment(PYTHONPATH=str(REPO), TF_CONFIG='{"cluster": 3}')
     command = [sys.executable, "-m", "tfrnn.experiments.mnist", "--strategy", "multi_worker"]
     finished = subprocess.run(
         [*command, "--data_dir", mnist_dir, "--workdir", str(tmp_path / "run")],

@@ -8,6 +8,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from command_testing import user_environment
 
 from tfrnn import cli
 from tfrnn.engine import workdir
@@ -93,7 +94,7 @@ def test_the_mnist_command_refuses_a_file_as_workdir_before_the_data_loads(tmp_p
         + [f"--data_dir={tmp_path / 'no_data_here'}"],
         capture_output=True,
         text=True,
-        env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+        env=user_environment(),
         timeout=120,
     )
     assert result.returncode == 2
