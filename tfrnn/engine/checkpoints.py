@@ -163,8 +163,9 @@ def _differences(saved: dict, config: dict, prefix: str = ""):
 
 
 def _short(value) -> str:
-    """A config value for a one-line message: its repr, cut after 16 characters (a sha256
-    is told apart by its first dozen digits)."""
+    """A config value for a one-line message: its repr, or, when that is longer than 24
+    characters, its first 16 and an ellipsis (a sha256 is told apart by its first dozen
+    digits)."""
     text = repr(value)
     return text if len(text) <= 24 else text[:16] + "…"
 
