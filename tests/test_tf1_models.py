@@ -13,8 +13,9 @@ import sys
 import keras
 import numpy as np
 import pytest
+from command_testing import user_environment
 
-from tests.test_convert import ENV, save_tf1_checkpoint
+from tests.test_convert import save_tf1_checkpoint
 from tfrnn.errors import UsageError
 from tfrnn.tf1 import convert, recurrent_layers, tutorials
 from tfrnn.tf1.recurrent import find_recurrent_scopes
@@ -270,7 +271,7 @@ def test_the_command_writes_each_layer_and_the_other_variables(tmp_path):
     out = tmp_path / "converted"
     finished = subprocess.run(
         [sys.executable, "-m", "tfrnn.convert", "--tf1_checkpoint", prefix, "--workdir", str(out)],
-        env=ENV,
+        env=user_environment(),
         capture_output=True,
         text=True,
         timeout=120,
