@@ -182,15 +182,23 @@ def _scope_record(scope, variables: dict, built: keras.layers.Layer) -> dict:
     }
 
 
-def write_model_folder(checkpoint: str, workdir: str, options: RunTimeOptions) -> dict:
+def write_model_folder(
+    checkpoint: str, variables: dict, workdir: str, options: RunTimeOptions
+) -> dict:
     """Converts any ``rnn_cell`` model's checkpoint into ``workdir`` (module docstring);
     returns what ``conversion.json`` records.
+
+    Args:
+      checkpoint: the checkpoint's prefix, which conversion.json records.
+      variables: every variable it holds, by name (:func:`read_checkpoint`).
+      workdir: the folder to write, which must not exist or be empty.
+      options: what the checkpoint does not store (forget bias, clips).
 
     Raises:
       UsageError: no recurrent cell in it, or one that cannot be mapped; nothing is written.
     """
     check_workdir(workdir)
-    variables, training = split_training_variables(read_checkpoint(checkpoint))
+    variables, training = split_training_variables(variables)
     found = describe_variables(variables, training)
     try:
         scopes = find_recurrent_scopes(variables)
@@ -275,7 +283,7 @@ def convert(
         return conversion
     forget_bias = tutorials.DEFAULT_FORGET_BIAS if forget_bias is None else forget_bias
     return write_model_folder(
-        checkpoint, workdir, RunTimeOptions(forget_bias, cell_clip, proj_clip)
+        checkpoint, variables, workdir, RunTimeOptions(forget_bias, cell_clip, proj_clip)
     )
 
 
