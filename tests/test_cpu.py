@@ -21,16 +21,16 @@ flags\t\t: fpu sse sse2 ssse3 fma sse4_1 sse4_2 avx avx2 aes
 
 @pytest.fixture
 def cpuinfo(tmp_path, monkeypatch):
-    """Writes the text given to a file that tfrnn.engine.cpu reads as /proc/cpuinfo."""
+    """Writes the text given to a file that tfrnn.engine.cpu reads as /proc/cpuinfo; given
+    None, that file is missing."""
 
     def write(text):
         path = tmp_path / "cpuinfo"
-        path.write_text(text)
+        if text is not None:
+            path.write_text(text)
         monkeypatch.setattr(cpu, "CPUINFO", str(path))
-        cpu.instruction_sets.cache_clear()
 
-    yield write
-    cpu.instruction_sets.cache_clear()
+    return write
 
 
 def test_an_avx512_xeon(cpuinfo):
@@ -47,11 +47,7 @@ def test_an_avx2_epyc(cpuinfo):
     assert cpu.instruction_sets() == ("avx", "avx2", "fma", "sse4_1", "sse4_2")
 
 
-def test_without_cpuinfo_nothing_is_claimed(tmp_path, monkeypatch):
-    monkeypatch.setattr(cpu, "CPUINFO", str(tmp_path / "missing"))
-    cpu.instruction_sets.cache_clear()
-    try:
-        assert cpu.instruction_sets() == ()
-        assert cpu.model_name()  # platform's answer, or "unknown"
-    finally:
-        cpu.instruction_sets.cache_clear()
+def test_without_cpuinfo_nothing_is_claimed(cpuinfo):
+    cpuinfo(None)
+    assert cpu.instruction_sets() == ()
+    assert cpu.model_name()  # platform's answer, or "unknown"

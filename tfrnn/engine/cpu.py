@@ -7,7 +7,6 @@ environment.json).
 
 from __future__ import annotations
 
-import functools
 import platform
 
 CPUINFO = "/proc/cpuinfo"
@@ -30,7 +29,6 @@ def model_name() -> str:
     return _cpuinfo_field("model name") or platform.processor() or "unknown"
 
 
-@functools.cache
 def instruction_sets() -> tuple[str, ...]:
     """The vector and matrix instruction sets the CPU reports (/proc/cpuinfo's flags: SSE4,
     AVX, AVX2, FMA, AVX-512, AMX, ...), sorted; empty where the file is missing."""
