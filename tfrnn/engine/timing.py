@@ -136,11 +136,12 @@ _measured: Phases | None = None
 
 
 @contextlib.contextmanager
-def measured(started: float | None = None):
+def measured():
     """Measures a command's run: inside the block, :func:`current` is the :class:`Phases`
-    yielded, started at ``started`` (default: now), which the block's training enters."""
+    yielded, started when the process did (:func:`process_start`), which the block's
+    training enters."""
     global _measured
-    previous, _measured = _measured, Phases(started)
+    previous, _measured = _measured, Phases(process_start())
     try:
         yield _measured
     finally:

@@ -146,7 +146,7 @@ def main(argv):
     workdir_lib.prepare(workdir)  # a bad --workdir is refused before any training
     with (
         distribute.lost_workers_as_usage_errors(),
-        timing.measured(timing.process_start()) as phases,
+        timing.measured() as phases,
     ):
         if FLAGS.suite == "canonical":
             echo_train.run_canonical(

@@ -97,7 +97,7 @@ def main(argv):
     title = f"MNIST rows, preset {FLAGS.preset.upper()}" if FLAGS.preset else "MNIST rows"
     with (
         distribute.lost_workers_as_usage_errors(),
-        timing.measured(timing.process_start()) as phases,
+        timing.measured() as phases,
     ):
         mnist_train.train_and_evaluate(
             config,
