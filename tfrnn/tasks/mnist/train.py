@@ -80,12 +80,12 @@ def train_and_evaluate(
     return result  # on other workers: the chief saves, exports and evaluates the same weights
 
 
-def _last_test_accuracy(result: training.Result, model, data) -> float:
+def _last_test_accuracy(result: training.Result, data) -> float:
     """The trained weights' accuracy on the test images: the last epoch's evaluation, which
     ends every run (a resumed one included), or a pass now for a run without epochs."""
     if result.history:
         return result.history[-1]["test_accuracy"]
-    return accuracy(model, mnist_data.test_batches(data.test, 500))
+    return accuracy(result.model, mnist_data.test_batches(data.test, 500))
 
 
 def make_task(config: Config, data: mnist_data.MnistData) -> training.Task:
@@ -125,7 +125,7 @@ def _save_export_and_evaluate(result: training.Result, data, workdir: str, verbo
     shutil.rmtree(export_dir, ignore_errors=True)
     export.export_workdir(workdir, export_dir, version=1)
     final = {
-        "test_accuracy": _last_test_accuracy(result, model, data),
+        "test_accuracy": _last_test_accuracy(result, data),
         "test_accuracy_first_128": accuracy(model, mnist_data.test_batches(data.test, 128, 128)),
         "test_images": data.test.num_examples,
     }
