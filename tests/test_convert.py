@@ -20,8 +20,6 @@ from tfrnn.serving import export
 from tfrnn.tf1 import convert, tutorials
 from tfrnn.tf1.checkpoint import OPTIMIZER_SCALARS, STEP_COUNTER
 
-# As a user runs it: the command quiets TensorFlow's start-up unless this is set.
-
 
 def _arrays(shapes: dict, seed=0) -> dict:
     rng = np.random.default_rng(seed)
